@@ -1,0 +1,32 @@
+"""policygrad: LLM policy optimization from first principles — the package behind the book.
+
+Modules are organised by the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\\sim p_\\theta}[R(\\tau)]`:
+:mod:`policygrad.reward_side` (what multiplies the score) and :mod:`policygrad.trajectory_side`
+(how the score is formed). :mod:`policygrad.exact` computes every expectation exactly on small problems.
+"""
+
+from . import diagnostics, exact, plotting, policies, reward_side, rollout, tasks, train, trajectory_side
+from .exact import ExactProblem, enumerate_completions
+from .policies import TabularPolicy
+from .utils import get_device, make_generator, seed_everything, show_source
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "diagnostics",
+    "exact",
+    "plotting",
+    "policies",
+    "reward_side",
+    "rollout",
+    "tasks",
+    "train",
+    "trajectory_side",
+    "ExactProblem",
+    "enumerate_completions",
+    "TabularPolicy",
+    "get_device",
+    "make_generator",
+    "seed_everything",
+    "show_source",
+]

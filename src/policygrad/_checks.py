@@ -1,0 +1,77 @@
+"""Input validation shared by every public function.
+
+Every public function of :mod:`policygrad` validates what it is given and raises a :class:`ValueError`
+whose message names the argument and says what was wrong. These helpers keep those messages uniform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_same_shape",
+    "check_finite",
+    "check_mask",
+    "check_unit_interval",
+    "check_positive_int",
+]
+
+
+def check_tensor(x, name: str, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    """Return ``x`` if it is a tensor with the expected number of dimensions, else raise ValueError."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimension(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Raise ValueError unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ValueError if ``x`` contains NaN or infinite entries (for example a NaN reward)."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s)")
+    return x
+
+
+def check_mask(mask: torch.Tensor, name: str = "mask", shape: torch.Size | None = None) -> torch.Tensor:
+    """Validate a 0/1 mask and return it as float; raise ValueError if it is empty or not binary."""
+    check_tensor(mask, name)
+    if shape is not None and mask.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    m = mask.to(torch.float32) if mask.dtype == torch.bool else mask
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 and 1")
+    if m.numel() == 0 or not bool((m != 0).any()):
+        raise ValueError(f"{name} is empty: it selects no token at all")
+    return m.to(torch.get_default_dtype()) if not m.is_floating_point() else m
+
+
+def check_unit_interval(value: float, name: str) -> float:
+    """Raise ValueError unless ``0 <= value <= 1`` (used for discount gamma and GAE lambda)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return float(value)
+
+
+def check_positive_int(value, name: str) -> int:
+    """Raise ValueError unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

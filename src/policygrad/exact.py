@@ -1,0 +1,375 @@
+"""Exact quantities by enumerating every completion of a small problem.
+
+For a small vocabulary and length, the expectation in :math:`J(\\theta)=\\mathbb E_{\\tau\\sim p_\\theta}[R(\\tau)]`
+is a finite sum, so :math:`J`, :math:`\\nabla J` (by autograd through the sum), KL divergences, success
+probabilities, values and advantages can be computed exactly. Every Monte Carlo estimator in the book is
+checked against these numbers. Only ``policy(prompts, completions) -> logits (B, T, V)`` is used, so the
+same code runs on the tabular policy and on a transformer. Derived in {ref}`sec-objective-exact`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ._checks import check_finite, check_positive_int, check_tensor, check_unit_interval
+from .policies import token_log_probs
+
+__all__ = [
+    "MAX_ENUMERATION",
+    "enumerate_completions",
+    "ExactProblem",
+    "flat_params",
+    "flat_grad",
+    "objective_landscape",
+]
+
+#: Largest number of (prompt, completion) pairs an enumeration may have.
+MAX_ENUMERATION = 250_000
+
+
+def enumerate_completions(
+    vocab_size: int, max_len: int, *, eos: int | None = None, limit: int = MAX_ENUMERATION
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every completion of at most ``max_len`` tokens over a vocabulary of ``vocab_size``.
+
+    Without ``eos`` these are the :math:`V^L` sequences of length exactly ``L``. With ``eos`` a completion
+    stops at its first ``eos``; positions after it are padded with ``eos`` and masked out, so each
+    distinct completion appears once. Returns ``tokens (K, L)`` (long) and ``mask (K, L)`` (float).
+    Raises ValueError if ``K`` would exceed ``limit``.
+    """
+    check_positive_int(vocab_size, "vocab_size")
+    check_positive_int(max_len, "max_len")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    if eos is not None and not 0 <= eos < vocab_size:
+        raise ValueError(f"eos must be a token id in [0, {vocab_size - 1}], got {eos}")
+    body = [v for v in range(vocab_size) if v != eos]
+    if eos is None:
+        count = vocab_size**max_len
+    else:
+        count = sum(len(body) ** t for t in range(max_len)) + len(body) ** max_len
+    if count > limit:
+        raise ValueError(
+            f"enumerating {count} completions (vocab_size={vocab_size}, max_len={max_len}) exceeds the "
+            f"limit of {limit}; use a smaller problem or raise `limit` deliberately"
+        )
+    rows, masks = [], []
+    if eos is None:
+        for seq in itertools.product(range(vocab_size), repeat=max_len):
+            rows.append(seq)
+            masks.append([1] * max_len)
+    else:
+        for t in range(max_len + 1):
+            for prefix in itertools.product(body, repeat=t):
+                if t < max_len:
+                    rows.append(list(prefix) + [eos] * (max_len - t))
+                    masks.append([1] * (t + 1) + [0] * (max_len - t - 1))
+                else:
+                    rows.append(list(prefix))
+                    masks.append([1] * max_len)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.get_default_dtype())
+
+
+def flat_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable parameters of ``module`` in a fixed order (the order of every flat gradient)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def flat_grad(
+    scalar: torch.Tensor, params: list[torch.Tensor], *, create_graph: bool = False
+) -> torch.Tensor:
+    """Gradient of a scalar w.r.t. ``params`` as one flat vector ``(P,)`` (zeros for unused params)."""
+    check_tensor(scalar, "scalar")
+    if scalar.numel() != 1:
+        raise ValueError(f"flat_grad needs a scalar, got shape {tuple(scalar.shape)}")
+    grads = torch.autograd.grad(scalar, params, allow_unused=True, create_graph=create_graph)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+
+
+@dataclass(frozen=True)
+class ExactProblem:
+    """A prompt distribution, every completion, and the reward of each (prompt, completion) pair.
+
+    prompts: ``(N,)`` prompt ids or ``(N, P)`` prompt tokens; prompt_probs: ``(N,)`` sums to 1;
+    completions: ``(K, L)``; mask: ``(K, L)``; rewards: ``(N, K)`` terminal rewards :math:`R(x, y)` or
+    ``(N, K, L)`` per-step rewards :math:`r_t` (only masked-in entries count); gamma: discount for
+    per-step rewards (a terminal reward is not discounted).
+    """
+
+    prompts: torch.Tensor
+    prompt_probs: torch.Tensor
+    completions: torch.Tensor
+    mask: torch.Tensor
+    rewards: torch.Tensor
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_tensor(self.prompts, "prompts", (1, 2))
+        N = self.prompts.shape[0]
+        check_tensor(self.prompt_probs, "prompt_probs", 1)
+        if self.prompt_probs.shape[0] != N:
+            raise ValueError(f"prompt_probs must have shape ({N},), got {tuple(self.prompt_probs.shape)}")
+        check_finite(self.prompt_probs, "prompt_probs")
+        if bool((self.prompt_probs < 0).any()) or abs(float(self.prompt_probs.sum()) - 1.0) > 1e-6:
+            raise ValueError("prompt_probs must be non-negative and sum to 1")
+        check_tensor(self.completions, "completions", 2)
+        K, L = self.completions.shape
+        if self.mask.shape != (K, L):
+            raise ValueError(f"mask must have shape {(K, L)}, got {tuple(self.mask.shape)}")
+        if bool((self.mask.sum(-1) == 0).any()):
+            raise ValueError("every enumerated completion needs at least one token in its mask")
+        check_tensor(self.rewards, "rewards", (2, 3))
+        if self.rewards.shape[:2] != (N, K) or (self.rewards.dim() == 3 and self.rewards.shape[2] != L):
+            raise ValueError(
+                f"rewards must have shape {(N, K)} (terminal) or {(N, K, L)} (per step), "
+                f"got {tuple(self.rewards.shape)}"
+            )
+        check_finite(self.rewards, "rewards")
+        check_unit_interval(self.gamma, "gamma")
+        if N * K > MAX_ENUMERATION:
+            raise ValueError(f"{N} prompts x {K} completions exceeds the limit of {MAX_ENUMERATION} pairs")
+
+    # -- shapes ---------------------------------------------------------------------------------------
+    @property
+    def num_prompts(self) -> int:
+        return self.prompts.shape[0]
+
+    @property
+    def num_completions(self) -> int:
+        return self.completions.shape[0]
+
+    @property
+    def per_step(self) -> bool:
+        """True when rewards are given per token ``(N, K, L)``."""
+        return self.rewards.dim() == 3
+
+    def with_rewards(self, rewards: torch.Tensor, gamma: float | None = None) -> ExactProblem:
+        """The same problem with other rewards (e.g. shifted by a constant)."""
+        return replace(self, rewards=rewards, gamma=self.gamma if gamma is None else gamma)
+
+    def completion_index(self, completions: torch.Tensor) -> torch.Tensor:
+        """Row of each given completion in the enumeration: ``(B, L) -> (B,)`` long.
+
+        Completions must be in canonical form (padded with the same token as the enumeration).
+        """
+        check_tensor(completions, "completions", 2)
+        if completions.shape[1] != self.completions.shape[1]:
+            raise ValueError(
+                f"completions must have length {self.completions.shape[1]}, got {completions.shape[1]}"
+            )
+        base = int(max(int(self.completions.max()), int(completions.max()))) + 1
+        powers = base ** torch.arange(self.completions.shape[1] - 1, -1, -1)
+        table = (self.completions * powers).sum(-1)
+        order = torch.argsort(table)
+        codes = (completions.cpu().long() * powers).sum(-1)
+        pos = torch.searchsorted(table[order], codes).clamp_max(len(order) - 1)
+        idx = order[pos]
+        if not bool((table[idx] == codes).all()):
+            raise ValueError("some completions are not in the enumeration (wrong padding or tokens?)")
+        return idx
+
+    def rewards_for(self, prompt_ids: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+        """Look up the reward of sampled pairs: ``(B,)`` terminal or ``(B, L)`` per-step rewards."""
+        check_tensor(prompt_ids, "prompt_ids", 1)
+        if prompt_ids.numel() and (int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= self.num_prompts):
+            raise ValueError(f"prompt_ids must lie in [0, {self.num_prompts - 1}]")
+        k = self.completion_index(completions)
+        return self.rewards[prompt_ids.cpu().long(), k]
+
+    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` prompt indices from :math:`\rho`: ``(n,)`` long."""
+        check_positive_int(n, "n")
+        return torch.multinomial(self.prompt_probs, n, replacement=True, generator=generator)
+
+    # -- per-step rewards and returns -------------------------------------------------------------------
+    def step_rewards(self) -> torch.Tensor:
+        """Per-step rewards ``(N, K, L)``; a terminal reward sits on the last real token."""
+        m = self.mask
+        if self.per_step:
+            return self.rewards * m
+        last = (m.cumsum(-1) == m.sum(-1, keepdim=True)) & (m > 0)
+        return self.rewards.unsqueeze(-1) * last.to(self.rewards.dtype)
+
+    def returns_to_go(self) -> torch.Tensor:
+        """:math:`G_t = \\sum_{s \\ge t} \\gamma^{s-t} r_s` for every (prompt, completion, t): ``(N, K, L)``."""
+        from .reward_side import returns_to_go
+
+        r = self.step_rewards()
+        N, K, L = r.shape
+        m = self.mask.expand(N, K, L).reshape(N * K, L)
+        return returns_to_go(r.reshape(N * K, L), m, gamma=self.gamma).reshape(N, K, L)
+
+    def returns(self) -> torch.Tensor:
+        """Trajectory return :math:`R(\\tau) = G_0` for each pair: ``(N, K)``."""
+        if not self.per_step:
+            return self.rewards
+        return self.returns_to_go()[..., 0]
+
+    # -- the policy on every pair -----------------------------------------------------------------------
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        N, K = self.num_prompts, self.num_completions
+        prompts = self.prompts.repeat_interleave(K, dim=0)
+        completions = self.completions.repeat(N, 1)
+        return prompts, completions
+
+    def token_log_probs(self, policy: torch.nn.Module) -> torch.Tensor:
+        """:math:`\\log\\pi_\\theta(y_t\\mid x,y_{<t})` for every pair and position, 0 where masked: ``(N, K, L)``."""
+        prompts, completions = self._pairs()
+        device = next(policy.parameters()).device
+        logits = policy(prompts.to(device), completions.to(device))
+        logp = token_log_probs(logits, completions.to(device))
+        N, K, L = self.num_prompts, self.num_completions, self.completions.shape[1]
+        return logp.reshape(N, K, L) * self.mask.to(device)
+
+    def log_probs(self, policy: torch.nn.Module) -> torch.Tensor:
+        """:math:`\\log p_\\theta(y\\mid x)` for every pair: ``(N, K)``."""
+        return self.token_log_probs(policy).sum(-1)
+
+    def probs(self, policy: torch.nn.Module) -> torch.Tensor:
+        """:math:`p_\\theta(y\\mid x)` for every pair: ``(N, K)``; each row sums to 1."""
+        return self.log_probs(policy).exp()
+
+    # -- exact objective and gradient ---------------------------------------------------------------------
+    def objective(self, policy: torch.nn.Module) -> torch.Tensor:
+        """:math:`J(\\theta)=\\sum_x \\rho(x)\\sum_y p_\\theta(y\\mid x) R(x,y)` as a differentiable scalar."""
+        p = self.probs(policy)
+        R = self.returns().to(p.device)
+        return (self.prompt_probs.to(p.device) * (p * R).sum(-1)).sum()
+
+    def gradient(self, policy: torch.nn.Module) -> torch.Tensor:
+        """The exact policy gradient :math:`\\nabla_\\theta J` as a flat vector ``(P,)`` (see :func:`flat_params`)."""
+        return flat_grad(self.objective(policy), flat_params(policy)).detach()
+
+    def success_probability(self, policy: torch.nn.Module, threshold: float = 0.5) -> torch.Tensor:
+        """Per-prompt probability that the return exceeds ``threshold``: ``(N,)``."""
+        with torch.no_grad():
+            p = self.probs(policy)
+            return (p * (self.returns().to(p.device) > threshold).to(p.dtype)).sum(-1)
+
+    def kl(self, policy: torch.nn.Module, other: torch.nn.Module) -> torch.Tensor:
+        """Per-prompt :math:`\\mathrm{KL}(p_\\theta(\\cdot\\mid x)\\,\\|\\,q(\\cdot\\mid x))` over whole completions: ``(N,)``.
+
+        Differentiable in ``policy``; ``other`` is evaluated without gradient.
+        """
+        logp = self.log_probs(policy)
+        with torch.no_grad():
+            logq = self.log_probs(other).to(logp.device)
+        return (logp.exp() * (logp - logq)).sum(-1)
+
+    def expected_kl(self, policy: torch.nn.Module, other: torch.nn.Module) -> torch.Tensor:
+        """:math:`\\mathbb E_{x\\sim\\rho}\\,\\mathrm{KL}(p_\\theta\\,\\|\\,q)` (a scalar)."""
+        kl = self.kl(policy, other)
+        return (self.prompt_probs.to(kl.device) * kl).sum()
+
+    # -- values and advantages -------------------------------------------------------------------------------
+    def values(self, policy: torch.nn.Module) -> torch.Tensor:
+        """Exact state values :math:`V(x, y_{<t}) = \\mathbb E[G_t \\mid x, y_{<t}]` at every position: ``(N, K, L)``.
+
+        Positions after the end of a completion (mask 0) get 0. Derived in {ref}`sec-gae-values`.
+        """
+        with torch.no_grad():
+            logp = self.token_log_probs(policy).cpu()
+        G = self.returns_to_go()
+        N, K, L = logp.shape
+        # p(y_{>=t} | x, y_{<t}) = exp(sum_{s>=t} log pi_s)
+        tail = torch.flip(torch.cumsum(torch.flip(logp, [-1]), -1), [-1]).exp()
+        vocab = int(self.completions.max()) + 1
+        out = torch.zeros(N, K, L, dtype=G.dtype)
+        code = torch.zeros(K, dtype=torch.long)
+        for t in range(L):
+            # group completions by their prefix y_{<t}; weighted sum of G_t within each group
+            uniq, inv = torch.unique(code, return_inverse=True)
+            contrib = tail[:, :, t] * G[:, :, t]  # (N, K)
+            sums = torch.zeros(N, len(uniq), dtype=G.dtype).index_add_(1, inv, contrib)
+            out[:, :, t] = sums[:, inv]
+            code = code * vocab + self.completions[:, t]
+        return out * self.mask
+
+    def advantages(self, policy: torch.nn.Module) -> torch.Tensor:
+        """Exact :math:`A(s_t, a_t) = r_t + \\gamma V(s_{t+1}) - V(s_t)`: ``(N, K, L)`` (0 where masked).
+
+        Its expectation under the policy at each state is 0. Derived in {ref}`sec-gae-values`.
+        """
+        V = self.values(policy)
+        r = self.step_rewards()
+        V_next = torch.cat([V[..., 1:], torch.zeros_like(V[..., :1])], -1)
+        return (r + self.gamma * V_next - V) * self.mask
+
+    # -- exact moments of a single-sample score-function estimator ----------------------------------------
+    def per_sample_gradients(self, policy: torch.nn.Module, weights: torch.Tensor) -> torch.Tensor:
+        """:math:`g(x, y) = \\nabla_\\theta \\sum_t w_t(x, y) \\log\\pi_\\theta(y_t\\mid x, y_{<t})` for every pair.
+
+        weights: ``(N, K)`` (one weight for the whole sequence) or ``(N, K, L)`` (per token), treated as
+        constants. Returns ``(N, K, P)``. Each row is what one sampled trajectory contributes to a
+        REINFORCE-type estimate.
+        """
+        N, K, L = self.num_prompts, self.num_completions, self.completions.shape[1]
+        check_tensor(weights, "weights", (2, 3))
+        if weights.shape[:2] != (N, K) or (weights.dim() == 3 and weights.shape[2] != L):
+            raise ValueError(f"weights must have shape {(N, K)} or {(N, K, L)}, got {tuple(weights.shape)}")
+        check_finite(weights, "weights")
+        names = [n for n, p in policy.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+        prompts, completions = self._pairs()
+        device = next(policy.parameters()).device
+        prompts, completions = prompts.to(device), completions.to(device)
+        w = weights.detach().to(device)
+        w = w.unsqueeze(-1).expand(N, K, L) if w.dim() == 2 else w
+        m = self.mask.to(device)
+
+        def surrogate(p):
+            logits = torch.func.functional_call(policy, p, (prompts, completions))
+            logp = token_log_probs(logits, completions).reshape(N, K, L) * m
+            return (w * logp).sum(-1).reshape(-1)
+
+        jac = torch.func.jacrev(surrogate)(params)
+        return torch.cat([jac[n].reshape(N * K, -1) for n in names], 1).reshape(N, K, -1)
+
+    def estimator_moments(
+        self, policy: torch.nn.Module, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """Exact mean ``(P,)`` and total variance :math:`\\mathrm{tr}\\,\\mathrm{Cov}[g]` of a one-sample estimator.
+
+        The trajectory is drawn as :math:`x\\sim\\rho`, :math:`y\\sim p_\\theta(\\cdot\\mid x)`; ``g`` is
+        :meth:`per_sample_gradients`. A mean of ``n`` independent samples has variance ``total / n``.
+        """
+        g = self.per_sample_gradients(policy, weights)
+        with torch.no_grad():
+            w = (self.prompt_probs.to(g.device).unsqueeze(1) * self.probs(policy)).unsqueeze(-1)  # (N,K,1)
+        mean = (w * g).sum((0, 1))
+        second = (w.squeeze(-1) * (g**2).sum(-1)).sum()
+        return mean, float(second - (mean**2).sum())
+
+
+def objective_landscape(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    param: torch.nn.Parameter,
+    index_a: tuple[int, ...],
+    index_b: tuple[int, ...],
+    grid_a,
+    grid_b,
+) -> np.ndarray:
+    """Exact :math:`J` on a grid over two entries of one parameter, all other parameters held fixed.
+
+    Returns an array of shape ``(len(grid_a), len(grid_b))``; the parameter is restored afterwards.
+    """
+    if not any(param is p for p in policy.parameters()):
+        raise ValueError("param must be one of policy.parameters()")
+    saved = param.detach().clone()
+    out = np.zeros((len(grid_a), len(grid_b)))
+    try:
+        with torch.no_grad():
+            for i, a in enumerate(grid_a):
+                for j, b in enumerate(grid_b):
+                    param[index_a] = float(a)
+                    param[index_b] = float(b)
+                    out[i, j] = float(problem.objective(policy))
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    return out

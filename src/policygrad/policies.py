@@ -1,0 +1,173 @@
+"""Policies: anything that maps (prompt, completion prefix) to a distribution over the next token.
+
+The one protocol every policy in the book follows (the tabular policy here, the transformer later):
+
+* ``policy(prompts, completions)`` returns next-token logits ``(B, T, V)``; position ``t`` holds the
+  logits of :math:`\\pi_\\theta(\\cdot \\mid x, y_{<t})`, computed by teacher forcing on ``completions (B, T)``.
+* ``policy.sample(prompts, generator=...)`` returns a :class:`policygrad.rollout.Samples`.
+
+From logits, :func:`token_log_probs` and :func:`token_entropy` give the per-token quantities that every
+estimator uses. Because :mod:`policygrad.exact` relies only on this forward, exact enumeration works for
+every policy. Introduced in {ref}`sec-objective-lm`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_positive_int, check_tensor
+from .rollout import Samples
+
+__all__ = ["TabularPolicy", "token_log_probs", "token_entropy", "sequence_log_probs"]
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probabilities :math:`\\log \\pi(y_t \\mid x, y_{<t})`.
+
+    logits: ``(B, T, V)``; tokens: ``(B, T)`` integer ids. Returns ``(B, T)``.
+    """
+    check_tensor(logits, "logits", 3)
+    check_tensor(tokens, "tokens", 2)
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(
+            f"logits (B, T, V) and tokens (B, T) disagree: {tuple(logits.shape)} vs {tuple(tokens.shape)}"
+        )
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
+        raise ValueError(f"tokens must lie in [0, {logits.shape[-1] - 1}] (the vocabulary)")
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, :math:`-\\sum_v \\pi_v \\log \\pi_v`. ``(B, T, V) -> (B, T)``."""
+    check_tensor(logits, "logits", 3)
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_log_probs(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log p_\\theta(y \\mid x) = \\sum_t m_t \\log \\pi_\\theta(y_t \\mid x, y_{<t})`. ``(B, T) -> (B,)``."""
+    check_tensor(token_logp, "token_logp", 2)
+    if mask.shape != token_logp.shape:
+        raise ValueError(f"mask must have shape {tuple(token_logp.shape)}, got {tuple(mask.shape)}")
+    return (token_logp * mask.to(token_logp.dtype)).sum(-1)
+
+
+class TabularPolicy(nn.Module):
+    """A softmax policy with one free logit vector per (prompt, completion prefix).
+
+    It can represent *every* distribution over completions of length ``max_len``, so nothing in the
+    book's toy results is an artefact of a restricted model class. Parameters: ``logits_table`` of shape
+    ``(num_prompts, num_prefixes, vocab_size)`` where ``num_prefixes = sum_{t < max_len} V^t``.
+
+    With ``eos`` set, a completion ends at its first ``eos`` token; later positions are padding
+    (filled with ``eos``, mask 0) and never sampled. A contextual bandit is ``max_len=1``.
+    Introduced in {ref}`sec-objective-lm`.
+    """
+
+    def __init__(
+        self,
+        num_prompts: int,
+        vocab_size: int,
+        max_len: int,
+        *,
+        eos: int | None = None,
+        init_scale: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_prompts = check_positive_int(num_prompts, "num_prompts")
+        self.vocab_size = check_positive_int(vocab_size, "vocab_size")
+        self.max_len = check_positive_int(max_len, "max_len")
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+        if eos is not None and not (0 <= eos < vocab_size):
+            raise ValueError(f"eos must be a token id in [0, {vocab_size - 1}], got {eos}")
+        self.eos = eos
+        self.num_prefixes = sum(vocab_size**t for t in range(max_len))
+        if self.num_prompts * self.num_prefixes * vocab_size > 5_000_000:
+            raise ValueError(
+                "TabularPolicy would need more than 5M logits "
+                f"({num_prompts} prompts x {self.num_prefixes} prefixes x {vocab_size} tokens); "
+                "use a smaller vocabulary or length"
+            )
+        init = torch.randn(num_prompts, self.num_prefixes, vocab_size, generator=generator) * init_scale
+        self.logits_table = nn.Parameter(init)
+        # offset of the first prefix of each length t: sum_{k<t} V^k
+        offsets = torch.tensor([sum(vocab_size**k for k in range(t)) for t in range(max_len)])
+        self.register_buffer("_offsets", offsets, persistent=False)
+
+    def prefix_index(self, completions: torch.Tensor) -> torch.Tensor:
+        """Index of the prefix :math:`y_{<t}` for every position: ``(B, T) -> (B, T)``."""
+        B, T = completions.shape
+        idx = torch.zeros(B, T, dtype=torch.long, device=completions.device)
+        code = torch.zeros(B, dtype=torch.long, device=completions.device)
+        for t in range(T):
+            idx[:, t] = self._offsets[t] + code
+            code = code * self.vocab_size + completions[:, t].long()
+        return idx
+
+    def state_index(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+        """One integer per state :math:`s_t = (x, y_{<t})`: ``(B, T)``, in ``[0, num_prompts * num_prefixes)``."""
+        self._check_inputs(prompts, completions)
+        return prompts.long().unsqueeze(1) * self.num_prefixes + self.prefix_index(completions)
+
+    def _check_inputs(self, prompts: torch.Tensor, completions: torch.Tensor | None = None) -> None:
+        check_tensor(prompts, "prompts", 1)
+        if prompts.dtype in (torch.float16, torch.float32, torch.float64):
+            raise ValueError("prompts must be integer prompt ids")
+        if prompts.numel() and (int(prompts.min()) < 0 or int(prompts.max()) >= self.num_prompts):
+            raise ValueError(f"prompt ids must lie in [0, {self.num_prompts - 1}]")
+        if completions is not None:
+            check_tensor(completions, "completions", 2)
+            if completions.shape[0] != prompts.shape[0]:
+                raise ValueError(
+                    f"prompts has {prompts.shape[0]} rows but completions has {completions.shape[0]}"
+                )
+            if completions.shape[1] > self.max_len:
+                raise ValueError(f"completions are longer ({completions.shape[1]}) than max_len={self.max_len}")
+            if completions.numel() and (
+                int(completions.min()) < 0 or int(completions.max()) >= self.vocab_size
+            ):
+                raise ValueError(f"completion tokens must lie in [0, {self.vocab_size - 1}]")
+
+    def forward(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at every completion position. prompts ``(B,)``, completions ``(B, T)`` -> ``(B, T, V)``."""
+        self._check_inputs(prompts, completions)
+        idx = self.prefix_index(completions)
+        return self.logits_table[prompts.long().unsqueeze(1), idx]
+
+    logits = forward
+
+    def completion_mask(self, completions: torch.Tensor) -> torch.Tensor:
+        """1 up to and including the first ``eos`` (all ones without ``eos``). ``(B, T) -> (B, T)`` float."""
+        if self.eos is None:
+            return torch.ones_like(completions, dtype=torch.get_default_dtype())
+        is_eos = (completions == self.eos).long()
+        ended_before = torch.cumsum(is_eos, dim=1) - is_eos  # number of eos strictly before t
+        return (ended_before == 0).to(torch.get_default_dtype())
+
+    @torch.no_grad()
+    def sample(self, prompts: torch.Tensor, *, generator: torch.Generator | None = None) -> Samples:
+        """Sample one completion per prompt id (repeat ids for a group). ``prompts (B,)``."""
+        self._check_inputs(prompts)
+        B, V = prompts.shape[0], self.vocab_size
+        device = self.logits_table.device
+        prompts = prompts.to(device)
+        tokens = torch.zeros(B, self.max_len, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        code = torch.zeros(B, dtype=torch.long, device=device)
+        for t in range(self.max_len):
+            logits = self.logits_table[prompts, self._offsets[t] + code]  # (B, V)
+            probs = torch.softmax(logits, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if self.eos is not None:
+                tok = torch.where(done, torch.full_like(tok, self.eos), tok)
+                done = done | (tok == self.eos)
+            tokens[:, t] = tok
+            code = code * V + tok
+        mask = self.completion_mask(tokens)
+        logp = token_log_probs(self.logits(prompts, tokens), tokens) * mask
+        truncated = ~done if self.eos is not None else torch.zeros(B, dtype=torch.bool, device=device)
+        return Samples(prompts=prompts, completions=tokens, mask=mask, log_probs=logp, truncated=truncated)

@@ -1,0 +1,268 @@
+"""The reward side: what multiplies the score :math:`\\nabla_\\theta \\log \\pi_\\theta(y_t \\mid s_t)`.
+
+Returns, reward-to-go, baselines, TD residuals and GAE. Every function works on padded batches
+``(B, T)`` with an explicit completion mask (1 = real token); entries where the mask is 0 are returned as 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_finite, check_mask, check_positive_int, check_tensor, check_unit_interval
+
+__all__ = [
+    "returns_to_go",
+    "total_return",
+    "broadcast_to_tokens",
+    "reinforce_weights",
+    "td_residuals",
+    "n_step_returns",
+    "gae",
+    "optimal_constant_baseline",
+    "TabularValue",
+]
+
+
+def _check_rewards_mask(rewards: torch.Tensor, mask: torch.Tensor, name: str = "rewards") -> torch.Tensor:
+    check_tensor(rewards, name, 2)
+    check_finite(rewards, name)
+    return check_mask(mask, "mask", rewards.shape).to(rewards.dtype)
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Reward-to-go :math:`G_t = \\sum_{s \\ge t} \\gamma^{s-t} r_s` (eq. {eq}`eq-reward-to-go`).
+
+    rewards, mask: ``(B, T)``. Returns ``(B, T)``, 0 where the mask is 0. Derived in {ref}`sec-reward-to-go`.
+    """
+    m = _check_rewards_mask(rewards, mask)
+    gamma = check_unit_interval(gamma, "gamma")
+    r = rewards * m
+    out = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        running = r[:, t] + gamma * running
+        out[:, t] = running
+    return out * m
+
+
+def total_return(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Return of the whole trajectory :math:`R(\\tau) = G_0`: ``(B, T) -> (B,)``."""
+    return returns_to_go(rewards, mask, gamma)[:, 0]
+
+
+def broadcast_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Give every real token its sequence's value: ``(B,)`` and mask ``(B, T)`` -> ``(B, T)``."""
+    check_tensor(values, "values", 1)
+    check_finite(values, "values")
+    m = check_mask(mask, "mask")
+    if m.dim() != 2 or m.shape[0] != values.shape[0]:
+        raise ValueError(f"mask must have shape ({values.shape[0]}, T), got {tuple(mask.shape)}")
+    return values.unsqueeze(1) * m.to(values.dtype)
+
+
+def reinforce_weights(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    reward_to_go: bool = False,
+    baseline: float | torch.Tensor = 0.0,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """The weight :math:`w_t` that multiplies :math:`\\nabla\\log\\pi_\\theta(y_t\\mid s_t)` in REINFORCE.
+
+    rewards: ``(B,)`` terminal rewards or ``(B, T)`` per-step rewards; mask ``(B, T)``.
+
+    * ``reward_to_go=False``: :math:`w_t = R(\\tau) - b` (eq. {eq}`eq-reinforce-baseline`);
+    * ``reward_to_go=True``: :math:`w_t = G_t - b_t` (eq. {eq}`eq-reward-to-go`), which drops rewards
+      earned before the action.
+
+    baseline: a constant, ``(B,)`` (one per trajectory, e.g. :math:`b(x)`) or ``(B, T)`` (per state).
+    Returns ``(B, T)``. Derived in {ref}`sec-reinforce-baselines`.
+    """
+    check_tensor(rewards, "rewards", (1, 2))
+    check_finite(rewards, "rewards")
+    m = check_mask(mask, "mask")
+    if m.dim() != 2 or m.shape[0] != rewards.shape[0] or (rewards.dim() == 2 and rewards.shape != m.shape):
+        raise ValueError(f"mask {tuple(mask.shape)} does not match rewards {tuple(rewards.shape)}")
+    m = m.to(rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype())
+    r = rewards.to(m.dtype)
+    if r.dim() == 1:
+        if reward_to_go:
+            raise ValueError("reward_to_go needs per-step rewards of shape (B, T); got terminal rewards (B,)")
+        w = broadcast_to_tokens(r, m)
+    elif reward_to_go:
+        w = returns_to_go(r, m, gamma)
+    else:
+        w = broadcast_to_tokens(total_return(r, m, gamma), m)
+    if isinstance(baseline, torch.Tensor):
+        check_finite(baseline, "baseline")
+        if baseline.dim() == 1:
+            if baseline.shape[0] != m.shape[0]:
+                raise ValueError(f"baseline (B,) must have B={m.shape[0]}, got {tuple(baseline.shape)}")
+            baseline = baseline.unsqueeze(1)
+        elif baseline.dim() == 2:
+            if baseline.shape != m.shape:
+                raise ValueError(f"baseline (B, T) must have shape {tuple(m.shape)}, got {tuple(baseline.shape)}")
+        elif baseline.dim() != 0:
+            raise ValueError(f"baseline must be a scalar, (B,) or (B, T), got shape {tuple(baseline.shape)}")
+    return (w - baseline) * m
+
+
+def _next_values(values: torch.Tensor, m: torch.Tensor, last_value: torch.Tensor | None) -> torch.Tensor:
+    """V(s_{t+1}) with 0 after the end of each sequence (or ``last_value`` to bootstrap a truncation)."""
+    nxt = torch.cat([values[:, 1:] * m[:, 1:], torch.zeros_like(values[:, :1])], 1)
+    if last_value is not None:
+        check_tensor(last_value, "last_value", 1)
+        check_finite(last_value, "last_value")
+        if last_value.shape[0] != values.shape[0]:
+            raise ValueError(f"last_value must have shape ({values.shape[0]},), got {tuple(last_value.shape)}")
+        # the last real token of each row bootstraps from last_value
+        is_last = (m > 0) & (torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1) == 0)
+        nxt = torch.where(is_last, last_value.unsqueeze(1).to(values.dtype), nxt)
+    return nxt
+
+
+def _check_values(values: torch.Tensor, rewards: torch.Tensor) -> None:
+    check_tensor(values, "values", 2)
+    if values.shape != rewards.shape:
+        raise ValueError(f"values must have the shape of rewards {tuple(rewards.shape)}, got {tuple(values.shape)}")
+    check_finite(values, "values")
+
+
+def td_residuals(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    last_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TD residuals :math:`\\delta_t = r_t + \\gamma V(s_{t+1}) - V(s_t)` (eq. {eq}`eq-td-residual`).
+
+    rewards, values, mask: ``(B, T)``; ``values[:, t]`` is :math:`V(s_t)`. After the last real token the
+    next state is terminal (value 0) unless ``last_value (B,)`` bootstraps a truncated sequence.
+    Returns ``(B, T)``. Derived in {ref}`sec-gae-td`.
+    """
+    m = _check_rewards_mask(rewards, mask)
+    _check_values(values, rewards)
+    gamma = check_unit_interval(gamma, "gamma")
+    return (rewards + gamma * _next_values(values, m, last_value) - values) * m
+
+
+def n_step_returns(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """n-step return :math:`G^{(n)}_t = \\sum_{k<n} \\gamma^k r_{t+k} + \\gamma^n V(s_{t+n})` (eq. {eq}`eq-n-step`).
+
+    Shapes ``(B, T)``; steps past the end of a sequence contribute nothing (terminal value 0).
+    Derived in {ref}`sec-gae-td`.
+    """
+    m = _check_rewards_mask(rewards, mask)
+    _check_values(values, rewards)
+    n = check_positive_int(n, "n")
+    gamma = check_unit_interval(gamma, "gamma")
+    B, T = rewards.shape
+    r = rewards * m
+    v = values * m
+    out = torch.zeros_like(r)
+    for t in range(T):
+        acc = torch.zeros(B, dtype=r.dtype)
+        for k in range(n):
+            if t + k < T:
+                acc = acc + gamma**k * r[:, t + k]
+        if t + n < T:
+            acc = acc + gamma**n * v[:, t + n]
+        out[:, t] = acc
+    return out * m
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    last_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalised advantage estimation :math:`\\hat A_t = \\sum_{k\\ge0} (\\gamma\\lambda)^k \\delta_{t+k}` (eq. {eq}`eq-gae`).
+
+    ``lam=0`` gives the TD residual; ``lam=1`` gives :math:`G_t - V(s_t)`. Shapes ``(B, T)``; computed
+    by the backward recursion :math:`\\hat A_t = \\delta_t + \\gamma\\lambda \\hat A_{t+1}`.
+    Derived in {ref}`sec-gae-derivation`.
+    """
+    lam = check_unit_interval(lam, "lam")
+    delta = td_residuals(rewards, values, mask, gamma, last_value)
+    m = mask.to(delta.dtype)
+    out = torch.zeros_like(delta)
+    running = torch.zeros_like(delta[:, 0])
+    for t in range(delta.shape[1] - 1, -1, -1):
+        nxt_m = m[:, t + 1] if t + 1 < delta.shape[1] else torch.zeros_like(running)
+        running = delta[:, t] + gamma * lam * nxt_m * running
+        out[:, t] = running
+    return out * m
+
+
+def optimal_constant_baseline(
+    returns: torch.Tensor, score_sq_norms: torch.Tensor, probs: torch.Tensor | None = None
+) -> float:
+    """The constant :math:`b^*` minimising the total variance of :math:`(R-b)\\nabla\\log p_\\theta(\\tau)`.
+
+    :math:`b^* = \\mathbb E[\\lVert\\nabla\\log p\\rVert^2 R] / \\mathbb E[\\lVert\\nabla\\log p\\rVert^2]`
+    (eq. {eq}`eq-optimal-baseline`). returns, score_sq_norms: ``(K,)``; probs ``(K,)`` makes the
+    expectation exact (over an enumeration); without it, sample means are used. Derived in
+    {ref}`sec-reinforce-baselines`.
+    """
+    check_tensor(returns, "returns", 1)
+    check_tensor(score_sq_norms, "score_sq_norms", 1)
+    check_finite(returns, "returns")
+    check_finite(score_sq_norms, "score_sq_norms")
+    if returns.shape != score_sq_norms.shape:
+        raise ValueError("returns and score_sq_norms must have the same shape")
+    w = torch.ones_like(returns) / returns.numel() if probs is None else probs
+    if w.shape != returns.shape:
+        raise ValueError("probs must have the shape of returns")
+    den = (w * score_sq_norms).sum()
+    if float(den) <= 0:
+        raise ValueError("all score norms are zero: the baseline is undefined (the gradient is zero anyway)")
+    return float((w * score_sq_norms * returns).sum() / den)
+
+
+class TabularValue(nn.Module):
+    """A learned state-dependent baseline :math:`b_\\phi(s)`: one number per state, fitted by regression.
+
+    ``fit`` takes SGD steps on the squared error to the observed returns. Used as a baseline it keeps
+    REINFORCE unbiased as long as it is fitted on *earlier* samples than those it is applied to.
+    Derived in {ref}`sec-reinforce-baselines`.
+    """
+
+    def __init__(self, num_states: int, init: float = 0.0) -> None:
+        super().__init__()
+        check_positive_int(num_states, "num_states")
+        self.table = nn.Parameter(torch.full((num_states,), float(init)))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Values of integer ``states`` (any shape)."""
+        if states.numel() and (int(states.min()) < 0 or int(states.max()) >= self.table.shape[0]):
+            raise ValueError(f"states must lie in [0, {self.table.shape[0] - 1}]")
+        return self.table[states.long()]
+
+    @torch.no_grad()
+    def fit(self, states: torch.Tensor, targets: torch.Tensor, lr: float = 0.1, mask=None) -> float:
+        """One step of :math:`b(s) \\leftarrow b(s) + \\text{lr}\\cdot\\text{mean}(G - b(s))` per visited state.
+
+        Returns the mean squared error before the step.
+        """
+        if states.shape != targets.shape:
+            raise ValueError(f"states and targets must have the same shape, got {tuple(states.shape)} and {tuple(targets.shape)}")
+        check_finite(targets, "targets")
+        m = torch.ones_like(targets) if mask is None else check_mask(mask, "mask", targets.shape).to(targets.dtype)
+        err = (targets - self(states)) * m
+        s = states.reshape(-1).long()
+        num = torch.zeros_like(self.table).index_add_(0, s, err.reshape(-1))
+        cnt = torch.zeros_like(self.table).index_add_(0, s, m.reshape(-1))
+        self.table += lr * num / cnt.clamp_min(1.0)
+        return float((err**2).sum() / m.sum())

@@ -1,0 +1,87 @@
+"""Enumerable toy tasks: a contextual bandit and short token-sequence tasks with exact rewards.
+
+Each builder returns an :class:`policygrad.exact.ExactProblem` (prompts are ids ``0..N-1`` with a
+uniform distribution) together with the :class:`policygrad.policies.TabularPolicy` shape it needs.
+Introduced in {ref}`sec-objective-toy`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_positive_int, check_unit_interval
+from .exact import ExactProblem, enumerate_completions
+
+__all__ = ["contextual_bandit", "target_sequence_task"]
+
+
+def contextual_bandit(
+    num_contexts: int = 2, num_arms: int = 3, *, rewards: torch.Tensor | None = None, seed: int = 0
+) -> ExactProblem:
+    """A contextual bandit: a prompt (context) ``x``, one action ``a`` (a one-token completion), reward ``R(x, a)``.
+
+    With ``rewards=None`` the table ``(num_contexts, num_arms)`` is drawn from a seeded standard
+    normal; pass a table to choose it. Use with ``TabularPolicy(num_contexts, num_arms, max_len=1)``.
+    """
+    check_positive_int(num_contexts, "num_contexts")
+    check_positive_int(num_arms, "num_arms")
+    if rewards is None:
+        g = torch.Generator().manual_seed(seed)
+        rewards = torch.randn(num_contexts, num_arms, generator=g)
+    elif tuple(rewards.shape) != (num_contexts, num_arms):
+        raise ValueError(f"rewards must have shape {(num_contexts, num_arms)}, got {tuple(rewards.shape)}")
+    completions, mask = enumerate_completions(num_arms, 1)
+    return ExactProblem(
+        prompts=torch.arange(num_contexts),
+        prompt_probs=torch.full((num_contexts,), 1.0 / num_contexts),
+        completions=completions,
+        mask=mask,
+        rewards=rewards.to(torch.get_default_dtype()),
+    )
+
+
+def target_sequence_task(
+    num_prompts: int = 2,
+    vocab_size: int = 3,
+    length: int = 3,
+    *,
+    reward: str = "fraction",
+    gamma: float = 1.0,
+    seed: int = 0,
+) -> tuple[ExactProblem, torch.Tensor]:
+    """Each prompt has a secret target sequence; the completion is rewarded for matching it.
+
+    ``reward`` chooses the reward structure (all verifiable, all exact):
+
+    * ``"exact_match"``: terminal :math:`R = 1[y = y^*]` (sparse, like a checked final answer);
+    * ``"fraction"``: terminal :math:`R = \\frac1L\\sum_t 1[y_t = y^*_t]`;
+    * ``"per_step"``: per-step :math:`r_t = \\frac1L 1[y_t = y^*_t]` — the same total as ``"fraction"``,
+      but revealed token by token, so reward-to-go can use it.
+
+    Returns ``(problem, targets)`` with ``targets (num_prompts, length)``. Use with
+    ``TabularPolicy(num_prompts, vocab_size, length)``.
+    """
+    check_positive_int(num_prompts, "num_prompts")
+    check_positive_int(length, "length")
+    check_unit_interval(gamma, "gamma")
+    if reward not in ("exact_match", "fraction", "per_step"):
+        raise ValueError(f"reward must be 'exact_match', 'fraction' or 'per_step', got {reward!r}")
+    completions, mask = enumerate_completions(vocab_size, length)
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, vocab_size, (num_prompts, length), generator=g)
+    match = (completions.unsqueeze(0) == targets.unsqueeze(1)).to(torch.get_default_dtype())  # (N, K, L)
+    if reward == "exact_match":
+        rewards = match.prod(-1)
+    elif reward == "fraction":
+        rewards = match.mean(-1)
+    else:
+        rewards = match / length
+    problem = ExactProblem(
+        prompts=torch.arange(num_prompts),
+        prompt_probs=torch.full((num_prompts,), 1.0 / num_prompts),
+        completions=completions,
+        mask=mask,
+        rewards=rewards,
+        gamma=gamma,
+    )
+    return problem, targets

@@ -1,0 +1,83 @@
+"""Seeding, thread pinning and device selection.
+
+Stored notebook outputs are produced on CPU with one thread; :func:`seed_everything` pins everything that
+makes a run differ from the next (Python, NumPy and torch seeds, deterministic algorithms, torch threads).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "get_device", "make_generator", "show_source"]
+
+DEVICE_ENV = "POLICYGRAD_DEVICE"
+
+
+def seed_everything(seed: int, *, threads: int | None = 1, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch, pin torch to ``threads`` threads, and return a torch generator.
+
+    One thread matters: large reductions can differ in the last bit between 1 and 2 threads, which
+    would break strict notebook comparison. ``threads=None`` leaves torch's setting alone.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return make_generator(seed)
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A fresh torch generator seeded with ``seed`` (pass it to samplers to keep streams independent)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """Resolve the device to run on: the argument, else ``$POLICYGRAD_DEVICE``, else CPU.
+
+    Asking for ``cuda`` on a machine without a GPU raises ValueError rather than silently using the CPU.
+    """
+    if device is None:
+        device = os.environ.get(DEVICE_ENV, "cpu") or "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU on this machine")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
+
+
+def show_source(obj) -> object:
+    """Display the source of a package function or class in a notebook (so text and code cannot drift).
+
+    Returns an ``IPython.display.Code`` object when IPython is available, else the source string.
+    """
+    import inspect
+
+    try:
+        src = inspect.getsource(obj)
+    except (TypeError, OSError) as err:
+        raise ValueError(f"cannot show the source of {obj!r}: {err}") from None
+    try:
+        from IPython.display import Code
+    except ImportError:  # pragma: no cover - IPython is present wherever notebooks run
+        return src
+    return Code(src, language="python")
