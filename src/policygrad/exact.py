@@ -87,7 +87,7 @@ def flat_grad(
     if scalar.numel() != 1:
         raise ValueError(f"flat_grad needs a scalar, got shape {tuple(scalar.shape)}")
     grads = torch.autograd.grad(scalar, params, allow_unused=True, create_graph=create_graph)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
 
 
 @dataclass(frozen=True)
@@ -278,13 +278,14 @@ class ExactProblem:
         # p(y_{>=t} | x, y_{<t}) = exp(sum_{s>=t} log pi_s)
         tail = torch.flip(torch.cumsum(torch.flip(logp, [-1]), -1), [-1]).exp()
         vocab = int(self.completions.max()) + 1
-        out = torch.zeros(N, K, L, dtype=G.dtype)
+        dtype = torch.promote_types(G.dtype, logp.dtype)  # a float64 policy on a float32 problem
+        out = torch.zeros(N, K, L, dtype=dtype)
         code = torch.zeros(K, dtype=torch.long)
         for t in range(L):
             # group completions by their prefix y_{<t}; weighted sum of G_t within each group
             uniq, inv = torch.unique(code, return_inverse=True)
             contrib = tail[:, :, t] * G[:, :, t]  # (N, K)
-            sums = torch.zeros(N, len(uniq), dtype=G.dtype).index_add_(1, inv, contrib)
+            sums = torch.zeros(N, len(uniq), dtype=dtype).index_add_(1, inv, contrib.to(dtype))
             out[:, :, t] = sums[:, inv]
             code = code * vocab + self.completions[:, t]
         return out * self.mask

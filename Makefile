@@ -1,0 +1,56 @@
+# Thin wrappers around the commands the README documents. No logic is hidden here.
+# `make test` and `make book` each install everything first (into .venv), so they work on a fresh clone.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# On the book's reference machines a CPU wheel of torch 2.13.0 is available locally and must be
+# installed before the package (otherwise pip pulls a multi-GB CUDA build). Elsewhere, override, e.g.
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH  ?= torch==2.13.0
+
+.PHONY: install test book execute check html pdf lab start lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+## test: unit tests + strict re-execution of every notebook (nbval)
+test: install
+	$(BIN)/python -m pytest
+
+## book: execute every notebook, validate the book offline, then render the HTML site
+book: execute check html
+
+execute: install
+	$(BIN)/python tools/execute_notebooks.py
+
+check: install
+	$(BIN)/python tools/check_book.py
+
+html: install
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/myst build --html || { \
+	  echo ""; \
+	  echo "myst build --html failed. It downloads the MyST book theme from the internet;"; \
+	  echo "without internet access this step cannot succeed (everything before it did)."; \
+	  exit 1; }
+
+## start: live preview of the book at http://localhost:3000 (needs the internet for the theme)
+start: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/myst start
+
+## lab: open the notebooks in JupyterLab (installs jupyterlab into the venv on first use)
+lab: install
+	$(BIN)/python -m pip install jupyterlab
+	$(BIN)/jupyter lab book/
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf _build .pytest_cache
