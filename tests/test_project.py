@@ -34,14 +34,19 @@ def _pyproject_requirements() -> dict[str, str]:
 
 def _environment_requirements() -> dict[str, str]:
     out = {}
+    section = None
     in_pip = False
     for line in (ROOT / "environment.yml").read_text(encoding="utf-8").splitlines():
         stripped = line.split("#", 1)[0].rstrip()
+        top = re.match(r"^(\w+):", stripped)
+        if top:
+            section = top.group(1)
+            continue
         if re.match(r"^\s*- pip:\s*$", stripped):
             in_pip = True
             continue
         m = re.match(r"^  - (\S.*)$", stripped)  # top-level dependency entries only
-        if m and not in_pip:
+        if m and section == "dependencies" and not in_pip:
             name, spec = _split_requirement(m.group(1))
             if name not in NOT_PYTHON_PACKAGES:
                 out[CONDA_TO_PYPI.get(name, name)] = spec

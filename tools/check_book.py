@@ -56,20 +56,27 @@ def check(root: Path) -> list[str]:
             problems.append(f"toc entry does not exist: {f}")
         elif path.suffix == ".ipynb" and not path.with_suffix(".md").exists():
             problems.append(f"toc notebook has no .md source beside it: {f}")
+    # A real theme downloaded by `myst build --html` is used as it is; otherwise a stub stands in for it
+    # during the check and is removed afterwards, so that a later `myst build --html` downloads the real one.
     stub = root / "_build/templates/site/myst/book-theme/template.yml"
-    stub.parent.mkdir(parents=True, exist_ok=True)
-    if not stub.exists():
+    made_stub = not stub.exists()
+    if made_stub:
+        stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text(STUB, encoding="utf-8")
     env = dict(os.environ, NO_COLOR="1", FORCE_COLOR="0", CI="true")
-    proc = subprocess.run(
-        [find_myst(), "build", "--site", "--strict"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [find_myst(), "build", "--site", "--strict"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        if made_stub:
+            shutil.rmtree(stub.parent)
     log = proc.stdout + proc.stderr
     for line in log.splitlines():
         if BAD_LINE.search(line) and not any(s in line for s in IGNORED):

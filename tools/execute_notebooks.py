@@ -45,7 +45,8 @@ def execute(md: Path, timeout: int = 600) -> float:
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
-    # keep the pairing metadata the same as jupytext would write it
+    # jupytext adds `default_lexer`, which MyST does not know (it warns on every page): drop it
+    nb.metadata.get("jupytext", {}).pop("default_lexer", None)
     jupytext.write(nb, md.with_suffix(".ipynb"), fmt="ipynb")
     nbformat.validate(nbformat.read(md.with_suffix(".ipynb"), as_version=4))
     return elapsed

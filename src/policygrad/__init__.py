@@ -8,7 +8,7 @@ Modules are organised by the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\
 from . import diagnostics, exact, plotting, policies, reward_side, rollout, tasks, train, trajectory_side
 from .exact import ExactProblem, enumerate_completions
 from .policies import TabularPolicy
-from .utils import get_device, make_generator, seed_everything, show_source
+from .utils import get_device, make_generator, near_zero, seed_everything, show_source
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "TabularPolicy",
     "get_device",
     "make_generator",
+    "near_zero",
     "seed_everything",
     "show_source",
 ]

@@ -98,6 +98,10 @@ class ExactProblem:
     completions: ``(K, L)``; mask: ``(K, L)``; rewards: ``(N, K)`` terminal rewards :math:`R(x, y)` or
     ``(N, K, L)`` per-step rewards :math:`r_t` (only masked-in entries count); gamma: discount for
     per-step rewards (a terminal reward is not discounted).
+
+    Per-step rewards must be causal: :math:`r_t` may depend on :math:`x` and :math:`y_{\\le t}` only (as in
+    any MDP). A table where :math:`r_t` depends on later tokens is accepted, but then reward-to-go,
+    values and advantages no longer describe an MDP and their identities do not hold.
     """
 
     prompts: torch.Tensor
@@ -178,7 +182,7 @@ class ExactProblem:
         if prompt_ids.numel() and (int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= self.num_prompts):
             raise ValueError(f"prompt_ids must lie in [0, {self.num_prompts - 1}]")
         k = self.completion_index(completions)
-        return self.rewards[prompt_ids.cpu().long(), k]
+        return self.rewards[prompt_ids.cpu().long(), k].to(completions.device)
 
     def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` prompt indices from :math:`\rho`: ``(n,)`` long."""

@@ -161,7 +161,9 @@ class TabularPolicy(nn.Module):
         for t in range(self.max_len):
             logits = self.logits_table[prompts, self._offsets[t] + code]  # (B, V)
             probs = torch.softmax(logits, dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            # draw on the generator's device so a CPU-seeded generator gives the same samples on any device
+            gen_device = generator.device if generator is not None else probs.device
+            tok = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(1).to(device)
             if self.eos is not None:
                 tok = torch.where(done, torch.full_like(tok, self.eos), tok)
                 done = done | (tok == self.eos)

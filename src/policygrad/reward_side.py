@@ -218,6 +218,8 @@ def optimal_constant_baseline(
     """
     check_tensor(returns, "returns", 1)
     check_tensor(score_sq_norms, "score_sq_norms", 1)
+    returns, score_sq_norms = returns.detach(), score_sq_norms.detach()
+    probs = None if probs is None else probs.detach()
     check_finite(returns, "returns")
     check_finite(score_sq_norms, "score_sq_norms")
     if returns.shape != score_sq_norms.shape:

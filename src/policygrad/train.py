@@ -53,7 +53,8 @@ def train_toy_reinforce(
         raise ValueError(f"lr must be positive, got {lr}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(policy.parameters(), lr=lr)
-    value = TabularValue(policy.num_prompts * policy.num_prefixes) if baseline == "learned" else None
+    device = policy.logits_table.device
+    value = TabularValue(policy.num_prompts * policy.num_prefixes).to(device) if baseline == "learned" else None
     with torch.no_grad():
         history = {"step": [0], "objective": [float(problem.objective(policy))], "mean_reward": [float("nan")]}
     for step in range(1, steps + 1):

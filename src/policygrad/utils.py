@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "make_generator", "show_source"]
+__all__ = ["seed_everything", "get_device", "make_generator", "show_source", "near_zero"]
 
 DEVICE_ENV = "POLICYGRAD_DEVICE"
 
@@ -81,3 +81,16 @@ def show_source(obj) -> object:
     except ImportError:  # pragma: no cover - IPython is present wherever notebooks run
         return src
     return Code(src, language="python")
+
+
+def near_zero(x: float, tol: float = 1e-5) -> str:
+    """Format a number that is zero up to float round-off the same way on every machine.
+
+    Returns ``"0 (< tol)"`` when ``|x| < tol``, else ``x`` to 4 significant digits. Used where a notebook
+    prints an identity that holds exactly (e.g. the mean of the score), so stored outputs do not depend on
+    the last bits of floating point.
+    """
+    x = float(x)
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    return f"0 (< {tol:g})" if abs(x) < tol else f"{x:.4g}"
