@@ -178,3 +178,23 @@ def test_book_check_fails_on_broken_book(tmp_path, broken, needle):
 def test_book_check_passes_on_a_correct_book(tmp_path):
     result = _run_check(_mini_book(tmp_path, GOOD_PAGE))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docstring_maths_is_escaped():
+    """A LaTeX command in a non-raw string (``"\\theta"``) silently becomes a tab, newline, ... at run time."""
+    import io
+    import tokenize
+
+    bad = []
+    for py in sorted((ROOT / "src" / "policygrad").glob("*.py")):
+        for tok in tokenize.generate_tokens(io.StringIO(py.read_text(encoding="utf-8")).readline):
+            if tok.type != tokenize.STRING:
+                continue
+            prefix = re.match(r"^[A-Za-z]*", tok.string).group(0).lower()
+            if "r" in prefix:
+                continue
+            body = tok.string.replace("\\\\", "")
+            m = re.search(r"\\[A-Za-z]{2,}", body)
+            if m:
+                bad.append(f"{py.name}:{tok.start[0]}: {m.group(0)}")
+    assert not bad, "unescaped LaTeX in non-raw strings (use \\\\ or an r-string): " + ", ".join(bad)

@@ -9,6 +9,7 @@ The run time of each notebook is printed so the 90-second budget can be checked.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -45,6 +46,24 @@ def execute(md: Path, timeout: int = 600) -> float:
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
+    # merge consecutive stream outputs: how the kernel chunks stdout depends on timing, not on the code
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if (
+                merged
+                and out.get("output_type") == "stream"
+                and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")
+            ):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        if cell.cell_type == "code":
+            cell["outputs"] = merged
+    # stable cell ids (nbformat draws random ones), so re-executing an unchanged notebook changes nothing
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = hashlib.sha1(f"{i}:{cell.source}".encode()).hexdigest()[:8]
     # jupytext adds `default_lexer`, which MyST does not know (it warns on every page): drop it
     nb.metadata.get("jupytext", {}).pop("default_lexer", None)
     jupytext.write(nb, md.with_suffix(".ipynb"), fmt="ipynb")

@@ -11,8 +11,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._checks import check_finite, check_positive_int, check_tensor
+from .exact import ExactProblem
+from .rollout import Samples
+from .trajectory_side import score_function_gradient
 
-__all__ = ["gradient_error_stats", "collect_estimates", "convergence"]
+__all__ = ["gradient_error_stats", "collect_estimates", "convergence", "sampled_estimator", "exact_bias_variance"]
 
 
 def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
@@ -85,3 +88,38 @@ def convergence(
         stats = gradient_error_stats(collect_estimates(estimate_fn, n, trials, seed), exact)
         rows.append({"n": int(n), **stats})
     return rows
+
+
+def sampled_estimator(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    weights_fn: Callable[[Samples, torch.Tensor], torch.Tensor],
+) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """Turn a reward-side recipe into a Monte Carlo gradient estimator ``estimate(n, generator) -> (P,)``.
+
+    Each call draws ``n`` prompts from :math:`\\rho`, one completion each from ``policy``, looks up their
+    rewards (``(n,)`` terminal or ``(n, T)`` per step), asks ``weights_fn(samples, rewards)`` for the
+    ``(n, T)`` weights :math:`w_{i,t}` and returns the gradient of the REINFORCE surrogate
+    (:func:`policygrad.trajectory_side.score_function_gradient`). The result plugs into
+    :func:`collect_estimates` and :func:`convergence`. Introduced in {ref}`sec-reinforce-unbiased`.
+    """
+    if not callable(weights_fn):
+        raise ValueError("weights_fn must be a callable (samples, rewards) -> weights (B, T)")
+
+    def estimate(n: int, generator: torch.Generator) -> torch.Tensor:
+        prompts = problem.sample_prompts(n, generator)
+        samples = policy.sample(prompts, generator=generator)
+        rewards = problem.rewards_for(prompts, samples.completions)
+        return score_function_gradient(policy, samples, weights_fn(samples, rewards))
+
+    return estimate
+
+
+def exact_bias_variance(problem: ExactProblem, policy: torch.nn.Module, weights: torch.Tensor) -> tuple[float, float]:
+    """Exact bias norm :math:`\\lVert\\mathbb E[g]-\\nabla J\\rVert` and total variance of a one-sample estimator.
+
+    weights: ``(N, K)`` or ``(N, K, L)`` over the enumeration, as in
+    :meth:`policygrad.exact.ExactProblem.estimator_moments`. No sampling is involved.
+    """
+    mean, variance = problem.estimator_moments(policy, weights)
+    return float((mean - problem.gradient(policy).to(mean.device)).norm()), variance

@@ -185,7 +185,7 @@ class ExactProblem:
         return self.rewards[prompt_ids.cpu().long(), k].to(completions.device)
 
     def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` prompt indices from :math:`\rho`: ``(n,)`` long."""
+        """Draw ``n`` prompt indices from :math:`\\rho`: ``(n,)`` long."""
         check_positive_int(n, "n")
         return torch.multinomial(self.prompt_probs, n, replacement=True, generator=generator)
 

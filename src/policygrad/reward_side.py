@@ -20,6 +20,7 @@ __all__ = [
     "n_step_returns",
     "gae",
     "optimal_constant_baseline",
+    "leave_one_out_baseline",
     "TabularValue",
 ]
 
@@ -231,6 +232,21 @@ def optimal_constant_baseline(
     if float(den) <= 0:
         raise ValueError("all score norms are zero: the baseline is undefined (the gradient is zero anyway)")
     return float((w * score_sq_norms * returns).sum() / den)
+
+
+def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
+    """For each sample, the mean of the *other* samples: :math:`b_i = \\frac{1}{N-1}\\sum_{j\\ne i} v_j`.
+
+    values: ``(N,)`` returns, or ``(N, T)`` per-token weights (averaged over the batch dimension only).
+    Because :math:`b_i` does not depend on sample :math:`i`, subtracting it keeps REINFORCE unbiased
+    (eq. {eq}`eq-loo-baseline`). Needs ``N >= 2``. Derived in {ref}`sec-reinforce-baselines`.
+    """
+    check_tensor(values, "values", (1, 2))
+    check_finite(values, "values")
+    n = values.shape[0]
+    if n < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 samples, got {n}")
+    return (values.sum(0, keepdim=True) - values) / (n - 1)
 
 
 class TabularValue(nn.Module):

@@ -10,10 +10,10 @@ import torch
 from ._checks import check_positive_int
 from .exact import ExactProblem
 from .policies import TabularPolicy, token_log_probs
-from .reward_side import TabularValue, reinforce_weights
+from .reward_side import TabularValue, leave_one_out_baseline, reinforce_weights
 from .trajectory_side import pg_surrogate
 
-__all__ = ["BASELINES", "train_toy_reinforce"]
+__all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent"]
 
 #: Baselines accepted by :func:`train_toy_reinforce`.
 BASELINES = ("none", "leave_one_out", "learned")
@@ -63,7 +63,7 @@ def train_toy_reinforce(
         rewards = problem.rewards_for(prompts, samples.completions)
         per_token = reinforce_weights(rewards, samples.mask, reward_to_go=reward_to_go, gamma=problem.gamma)
         if baseline == "leave_one_out":
-            b = (per_token.sum(0, keepdim=True) - per_token) / (batch_size - 1)
+            b = leave_one_out_baseline(per_token)
         elif baseline == "learned":
             states = policy.state_index(samples.prompts, samples.completions)
             b = value(states).detach()
@@ -82,4 +82,38 @@ def train_toy_reinforce(
             history["objective"].append(float(problem.objective(policy)))
             R = rewards if rewards.dim() == 1 else rewards.sum(-1)
             history["mean_reward"].append(float(R.mean()))
+    return history
+
+
+def exact_gradient_ascent(
+    policy: torch.nn.Module,
+    problem: ExactProblem,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: str = "sgd",
+) -> list[float]:
+    """Maximise the *exact* :math:`J(\\theta)` (no sampling) for ``steps`` steps; minimises loss = −J.
+
+    optimizer: ``"sgd"`` or ``"adam"``. Returns the exact :math:`J` before each step and after the last
+    (``steps + 1`` values). Used to move a toy policy to a chosen point (a warm start) and to show the
+    noise-free path that sampled estimators try to follow. Introduced in {ref}`sec-objective-exact`.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    opt_cls = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    opt = opt_cls(policy.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = -problem.objective(policy)  # loss = -J
+        history.append(-loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        history.append(problem.objective(policy).item())
     return history
