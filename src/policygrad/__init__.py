@@ -5,9 +5,22 @@ Modules are organised by the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\
 (how the score is formed). :mod:`policygrad.exact` computes every expectation exactly on small problems.
 """
 
-from . import diagnostics, exact, plotting, policies, reward_side, rollout, tasks, train, trajectory_side
+from . import (
+    diagnostics,
+    exact,
+    lm_tasks,
+    plotting,
+    policies,
+    reward_side,
+    rollout,
+    tasks,
+    tinygpt,
+    train,
+    trajectory_side,
+)
 from .exact import ExactProblem, enumerate_completions
 from .policies import TabularPolicy
+from .tinygpt import TinyGPT, TinyGPTConfig
 from .utils import get_device, make_generator, near_zero, seed_everything, show_source
 
 __version__ = "0.1.0"
@@ -15,16 +28,20 @@ __version__ = "0.1.0"
 __all__ = [
     "diagnostics",
     "exact",
+    "lm_tasks",
     "plotting",
     "policies",
     "reward_side",
     "rollout",
     "tasks",
+    "tinygpt",
     "train",
     "trajectory_side",
     "ExactProblem",
     "enumerate_completions",
     "TabularPolicy",
+    "TinyGPT",
+    "TinyGPTConfig",
     "get_device",
     "make_generator",
     "near_zero",
