@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test book execute check html pdf lab start lint clean
+.PHONY: install test book execute check html lab start lint clean
 
 install: $(VENV)/.installed
 
