@@ -9,8 +9,10 @@ from . import (
     diagnostics,
     exact,
     lm_tasks,
+    methods,
     plotting,
     policies,
+    pretrained,
     reward_side,
     rollout,
     tasks,
@@ -19,8 +21,12 @@ from . import (
     trajectory_side,
 )
 from .exact import ExactProblem, enumerate_completions
+from .methods import Method, get_method
 from .policies import TabularPolicy
+from .pretrained import load_warm_start
+from .rollout import RolloutBatch
 from .tinygpt import TinyGPT, TinyGPTConfig
+from .train import History
 from .utils import get_device, make_generator, near_zero, seed_everything, show_source
 
 __version__ = "0.1.0"
@@ -29,8 +35,10 @@ __all__ = [
     "diagnostics",
     "exact",
     "lm_tasks",
+    "methods",
     "plotting",
     "policies",
+    "pretrained",
     "reward_side",
     "rollout",
     "tasks",
@@ -40,6 +48,11 @@ __all__ = [
     "ExactProblem",
     "enumerate_completions",
     "TabularPolicy",
+    "Method",
+    "get_method",
+    "load_warm_start",
+    "RolloutBatch",
+    "History",
     "TinyGPT",
     "TinyGPTConfig",
     "get_device",

@@ -1,7 +1,9 @@
 """The batch of sampled trajectories that every estimator consumes.
 
-Introduced in {ref}`sec-reinforce-estimator`; the full RL batch (old/reference log-probs, group ids,
-loss masks) grows out of this in later chapters.
+:class:`Samples` is what a sampler returns (introduced in {ref}`sec-reinforce-estimator`);
+:class:`RolloutBatch` is the full RL batch the training loop builds from it — rewards, group ids, the
+loss mask, and the log-probabilities under the sampler and the reference (introduced in
+{ref}`sec-tinylm-batch`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_mask, check_tensor
+from ._checks import check_finite, check_mask, check_positive_int, check_tensor
 
-__all__ = ["Samples"]
+__all__ = ["Samples", "RolloutBatch"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,173 @@ class Samples:
     def lengths(self) -> torch.Tensor:
         """Number of real tokens per completion, ``(B,)``."""
         return self.mask.sum(-1)
+
+
+def _check_01(x: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    check_tensor(x, name, len(shape))
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+    if x.is_complex() or not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 and 1")
+    return x
+
+
+def _check_log_probs(x: torch.Tensor, name: str, shape: tuple[int, ...], mask: torch.Tensor) -> None:
+    check_tensor(x, name, 2)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_finite(x, name)
+    if bool((x.detach() * (mask != 0) > 1e-5).any()):
+        raise ValueError(f"{name} must be log-probabilities (<= 0) on real tokens; found a positive value")
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One RL batch: ``B`` sampled completions with everything the reward and trajectory sides need.
+
+    Shapes (``B`` rows, prompt length ``P``, completion width ``T``):
+
+    * ``prompts (B, P)``, ``completions (B, T)``: token ids;
+    * ``mask (B, T)``: 1 on the completion's real tokens (up to and including EOS), 0 on padding;
+    * ``loss_mask (B, T)``: 1 on tokens the loss trains on; a subset of ``mask`` (it differs once
+      trajectories hold tokens the policy did not choose, e.g. tool outputs in chapter 11);
+    * ``old_log_probs (B, T)``: :math:`\\log\\pi_{\\theta_\\text{old}}(y_t\\mid s_t)` under the policy that
+      sampled the batch (0 on padding), no gradient;
+    * ``ref_log_probs (B, T)`` or None: the same under a frozen reference policy;
+    * ``rewards (B,)`` outcome rewards, or ``(B, T)`` per-step rewards (0 where ``mask`` is 0);
+    * ``group_ids (B,)``: integer id of the prompt each row was sampled for. Rows of a group are
+      contiguous and every group has the same size ``G`` (:attr:`group_size`);
+    * ``truncated (B,)``: True where the completion hit the length limit before EOS.
+
+    Everything is validated on construction (ValueError naming the field): shapes, 0/1 masks, the
+    loss mask inside the mask, finite rewards and log-probabilities, equal contiguous groups. A row whose
+    loss mask is empty is allowed: it contributes nothing to a loss. Build one from sampler output with
+    :meth:`from_samples`.
+    """
+
+    prompts: torch.Tensor
+    completions: torch.Tensor
+    mask: torch.Tensor
+    loss_mask: torch.Tensor
+    old_log_probs: torch.Tensor
+    ref_log_probs: torch.Tensor | None
+    rewards: torch.Tensor
+    group_ids: torch.Tensor
+    truncated: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_tensor(self.completions, "completions", 2)
+        if self.completions.is_floating_point() or self.completions.dtype == torch.bool:
+            raise ValueError(f"completions must hold integer token ids, got dtype {self.completions.dtype}")
+        B, T = self.completions.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"a batch needs at least one row and one token, got completions of shape {(B, T)}")
+        check_tensor(self.prompts, "prompts", 2)
+        if self.prompts.shape[0] != B:
+            raise ValueError(f"prompts has {self.prompts.shape[0]} rows but completions has {B}")
+        _check_01(self.mask, "mask", (B, T))
+        _check_01(self.loss_mask, "loss_mask", (B, T))
+        if bool(((self.loss_mask != 0) & (self.mask == 0)).any()):
+            raise ValueError("loss_mask must be 0 wherever mask is 0 (padding is never trained on)")
+        _check_log_probs(self.old_log_probs, "old_log_probs", (B, T), self.mask)
+        if self.ref_log_probs is not None:
+            _check_log_probs(self.ref_log_probs, "ref_log_probs", (B, T), self.mask)
+        check_tensor(self.rewards, "rewards", (1, 2))
+        if self.rewards.shape[0] != B or (self.rewards.dim() == 2 and self.rewards.shape[1] != T):
+            raise ValueError(f"rewards must have shape ({B},) or ({B}, {T}), got {tuple(self.rewards.shape)}")
+        if not self.rewards.is_floating_point():
+            raise ValueError(f"rewards must be a floating-point tensor, got dtype {self.rewards.dtype}")
+        check_finite(self.rewards, "rewards")
+        if self.rewards.dim() == 2 and bool((self.rewards * (self.mask == 0) != 0).any()):
+            raise ValueError("per-step rewards must be 0 on padding (where mask is 0)")
+        check_tensor(self.group_ids, "group_ids", 1)
+        if self.group_ids.shape[0] != B or self.group_ids.is_floating_point() or self.group_ids.dtype == torch.bool:
+            raise ValueError(f"group_ids must be an integer tensor of shape ({B},), got {self.group_ids.dtype} {tuple(self.group_ids.shape)}")
+        ids = self.group_ids.tolist()
+        starts = [0] + [i for i in range(1, B) if ids[i] != ids[i - 1]]
+        if len(set(ids)) != len(starts):
+            raise ValueError("rows of a group must be contiguous: a group id reappears after another group")
+        sizes = {b - a for a, b in zip(starts, starts[1:] + [B], strict=True)}
+        if len(sizes) != 1:
+            raise ValueError(f"every group must have the same size, got sizes {sorted(sizes)}")
+        check_tensor(self.truncated, "truncated", 1)
+        if self.truncated.shape[0] != B or self.truncated.dtype != torch.bool:
+            raise ValueError(f"truncated must be a bool tensor of shape ({B},)")
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: Samples,
+        rewards: torch.Tensor,
+        *,
+        group_size: int = 1,
+        ref_log_probs: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> RolloutBatch:
+        """Wrap sampler output: rows ``i*G .. i*G+G-1`` form group ``i`` (the layout of ``sample(group_size=G)``).
+
+        ``loss_mask`` defaults to the completion mask; ``old_log_probs`` are the sampler's log-probs.
+        """
+        if not isinstance(samples, Samples):
+            raise ValueError(f"samples must be a Samples, got {type(samples).__name__}")
+        G = check_positive_int(group_size, "group_size")
+        B = len(samples)
+        if B % G:
+            raise ValueError(f"group_size={G} does not divide the batch of {B} completions")
+        device = samples.completions.device
+        return cls(
+            prompts=samples.prompts,
+            completions=samples.completions,
+            mask=samples.mask,
+            loss_mask=samples.mask if loss_mask is None else loss_mask,
+            old_log_probs=samples.log_probs.detach(),
+            ref_log_probs=None if ref_log_probs is None else ref_log_probs.detach(),
+            rewards=rewards,
+            group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
+            truncated=samples.truncated,
+        )
+
+    def __len__(self) -> int:
+        return self.completions.shape[0]
+
+    @property
+    def group_size(self) -> int:
+        """``G``: completions per prompt (1 when every row has its own group)."""
+        return len(self) // len(torch.unique(self.group_ids))
+
+    @property
+    def num_groups(self) -> int:
+        return len(self) // self.group_size
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of real tokens per completion (EOS included), ``(B,)``."""
+        return self.mask.sum(-1)
+
+    @property
+    def sequence_rewards(self) -> torch.Tensor:
+        """The return :math:`R(\\tau)` of each row, ``(B,)`` (per-step rewards are summed)."""
+        return self.rewards if self.rewards.dim() == 1 else self.rewards.sum(-1)
+
+    def select(self, rows: torch.Tensor) -> RolloutBatch:
+        """The sub-batch of ``rows`` (a 1-D index tensor), e.g. a minibatch.
+
+        Group ids are kept; the selection must still form equal contiguous groups (select whole groups).
+        """
+        check_tensor(rows, "rows", 1)
+        if rows.numel() == 0:
+            raise ValueError("rows selects no row")
+        idx = rows.to(self.completions.device)
+        return RolloutBatch(
+            prompts=self.prompts[idx],
+            completions=self.completions[idx],
+            mask=self.mask[idx],
+            loss_mask=self.loss_mask[idx],
+            old_log_probs=self.old_log_probs[idx],
+            ref_log_probs=None if self.ref_log_probs is None else self.ref_log_probs[idx],
+            rewards=self.rewards[idx],
+            group_ids=self.group_ids[idx],
+            truncated=self.truncated[idx],
+        )

@@ -1,19 +1,34 @@
-"""Training loops. Part I: REINFORCE on an enumerable toy, with the exact objective logged every step.
+"""Training loops.
 
-Introduced in {ref}`sec-reinforce-training`.
+* Part I: :func:`train_toy_reinforce` — REINFORCE on an enumerable toy with the exact objective logged
+  every step (introduced in {ref}`sec-reinforce-training`), and :func:`exact_gradient_ascent`.
+* From chapter 04 on: :func:`train` — the RL loop for a language-model policy on a verifiable task, for any
+  registered :class:`policygrad.methods.Method`, with its metrics in a :class:`History`
+  (introduced in {ref}`sec-tinylm-loop`).
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import io
+import math
+import time
+from collections.abc import Sequence
+
 import torch
+from tqdm.auto import tqdm
 
 from ._checks import check_positive_int
 from .exact import ExactProblem
-from .policies import TabularPolicy, token_log_probs
+from .lm_tasks import Problem, Task, evaluate
+from .methods import Method, get_method
+from .policies import TabularPolicy, token_entropy, token_log_probs
 from .reward_side import TabularValue, leave_one_out_baseline, reinforce_weights
+from .rollout import RolloutBatch
 from .trajectory_side import pg_surrogate
 
-__all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent"]
+__all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent", "History", "METRICS", "train", "k3_kl"]
 
 #: Baselines accepted by :func:`train_toy_reinforce`.
 BASELINES = ("none", "leave_one_out", "learned")
@@ -117,3 +132,249 @@ def exact_gradient_ascent(
     with torch.no_grad():
         history.append(problem.objective(policy).item())
     return history
+
+
+# ------------------------------------------------------------------------------------------------------
+# the RL loop for a language-model policy
+# ------------------------------------------------------------------------------------------------------
+#: What :func:`train` records, by column name (``heldout_accuracy`` only on evaluation steps,
+#: ``zero_var_groups`` only when ``G >= 2``, ``clip_frac`` only if the method's loss reports it).
+METRICS = {
+    "step": "optimiser steps taken so far (0 = before training)",
+    "samples": "completions sampled so far",
+    "reward": "mean reward of the step's completions",
+    "heldout_accuracy": "greedy exact-match accuracy on the held-out evaluation problems",
+    "entropy": "mean per-token entropy of the policy on its own samples (nats)",
+    "kl_ref": "mean per-token k3 estimate of KL(policy || reference) on the step's samples",
+    "length": "mean completion length in tokens (EOS included)",
+    "truncated": "fraction of completions that hit the length limit without EOS",
+    "zero_var_groups": "fraction of prompt groups whose G rewards are all equal (no learning signal)",
+    "grad_norm": "gradient norm before clipping (mean over the step's optimiser steps)",
+    "loss": "the loss (= -surrogate), mean over the step's optimiser steps",
+    "clip_frac": "fraction of trained tokens whose ratio was clipped (methods with a ratio)",
+    "seconds": "wall-clock seconds since training started (volatile: never print it in stored outputs)",
+}
+
+
+class History:
+    """The metrics of a training run: one row (a dict) per logged step, exportable to a dict or CSV.
+
+    ``history["reward"]`` is the list of that column over the rows that have it; :meth:`to_dict` gives every
+    column over every row (None where a row lacks it); :meth:`to_csv` writes the same as CSV (empty cells).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def log(self, **metrics) -> None:
+        """Append one row; values must be numbers."""
+        for k, v in metrics.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"metric {k!r} must be a number, got {v!r}")
+        self.rows.append(dict(metrics))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names in order of first appearance."""
+        cols: dict[str, None] = {}
+        for r in self.rows:
+            cols.update(dict.fromkeys(r))
+        return list(cols)
+
+    def __getitem__(self, column: str) -> list[float]:
+        if column not in self.columns:
+            raise KeyError(f"no metric {column!r}; recorded: {self.columns}")
+        return [r[column] for r in self.rows if column in r]
+
+    def series(self, column: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of one column, over the rows that have it."""
+        rows = [r for r in self.rows if column in r]
+        if not rows:
+            raise KeyError(f"no metric {column!r}; recorded: {self.columns}")
+        return [r["step"] for r in rows], [r[column] for r in rows]
+
+    def last(self, column: str) -> float:
+        """The last recorded value of ``column``."""
+        return self[column][-1]
+
+    def to_dict(self) -> dict[str, list]:
+        """``{column: [value or None per row]}`` — plain Python, ready for ``json`` or pandas."""
+        return {c: [r.get(c) for r in self.rows] for c in self.columns}
+
+    def to_csv(self, path=None) -> str:
+        """The history as CSV text (missing values are empty cells); also written to ``path`` if given."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+        text = buf.getvalue()
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked tokens of the k3 estimator :math:`e^{\\ell_\\text{ref}-\\ell}-(\\ell_\\text{ref}-\\ell)-1 \\ge 0`.
+
+    With tokens sampled from the policy, each term is an unbiased estimate of the per-token
+    :math:`\\mathrm{KL}(\\pi_\\theta\\,\\|\\,\\pi_\\text{ref})` of its state. ``(B, T)`` inputs -> a scalar; 0 if the mask is empty.
+    (Chapter 06 derives k1/k2/k3 and measures them.)
+    """
+    d = (ref_logp - logp) * mask
+    k3 = (torch.exp(d) - d - 1) * mask
+    n = mask.sum()
+    return k3.sum() / n if n > 0 else k3.sum() * 0.0
+
+
+def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
+    g = rewards.reshape(-1, group_size)
+    return (g == g[:, :1]).all(1).double().mean().item()
+
+
+def train(
+    policy: torch.nn.Module,
+    task: Task,
+    method: str | Method = "reinforce_baseline",
+    *,
+    steps: int,
+    prompts_per_step: int = 64,
+    group_size: int | None = None,
+    lr: float = 1e-3,
+    max_grad_norm: float | None = 1.0,
+    inner_epochs: int | None = None,
+    minibatches: int | None = None,
+    eval_every: int | None = 10,
+    eval_problems: Sequence[Problem] | None = None,
+    reference: torch.nn.Module | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    history: History | None = None,
+) -> History:
+    """Train a language-model ``policy`` (e.g. :class:`policygrad.TinyGPT`) on ``task`` with ``method``.
+
+    One step: draw ``prompts_per_step`` training problems and ``G = group_size`` (default: the method's)
+    completions each at ``temperature`` → rewards → the :class:`policygrad.rollout.RolloutBatch` →
+    advantages (the method's reward side) → ``inner_epochs`` passes, each split into ``minibatches``
+    (whole groups, shuffled), of loss (the method's trajectory side, loss = −surrogate) → Adam step with
+    the gradient norm clipped to ``max_grad_norm`` (None: no clipping).
+
+    reference: the frozen policy that ``kl_ref`` (and methods with a KL term) measure against; default a
+    copy of ``policy`` at the start. eval_every: held-out greedy accuracy on ``eval_problems`` (default
+    ``task.eval_set(240)``) before training, every ``eval_every`` steps and after the last (None: never).
+    Everything random comes from ``seed`` (problems and samples are drawn with one CPU generator), so a run
+    is repeatable on CPU. Records the columns of :data:`METRICS` in a :class:`History` (``history`` to
+    append to an existing one). progress: show a tqdm bar.
+    """
+    if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
+        raise ValueError("policy must be a torch.nn.Module with a sample(...) method, e.g. a TinyGPT")
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    method = get_method(method)
+    check_positive_int(steps, "steps")
+    check_positive_int(prompts_per_step, "prompts_per_step")
+    G = method.group_size if group_size is None else check_positive_int(group_size, "group_size")
+    epochs = method.inner_epochs if inner_epochs is None else check_positive_int(inner_epochs, "inner_epochs")
+    n_mb = method.minibatches if minibatches is None else check_positive_int(minibatches, "minibatches")
+    if prompts_per_step % n_mb:
+        raise ValueError(f"minibatches={n_mb} must divide prompts_per_step={prompts_per_step} (whole groups)")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
+    if eval_every is not None:
+        check_positive_int(eval_every, "eval_every")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if history is not None and not isinstance(history, History):
+        raise ValueError("history must be a History or None")
+    if reference is not None and not callable(getattr(reference, "token_log_probs_and_entropy", None)):
+        raise ValueError("reference must be a policy like the trained one (with token_log_probs_and_entropy)")
+    if eval_every is not None and eval_problems is None:
+        eval_problems = task.eval_set(240)
+
+    device = next(policy.parameters()).device
+    if reference is None:
+        reference = copy.deepcopy(policy)
+    reference.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    hist = History() if history is None else history
+    step0 = hist.rows[-1]["step"] if hist.rows else 0
+    samples_seen = hist.rows[-1].get("samples", 0) if hist.rows else 0
+    eos = task.tokenizer.eos_id
+    t0 = time.perf_counter()
+
+    def heldout() -> float:
+        return evaluate(policy, task, eval_problems)["accuracy"]
+
+    if eval_every is not None and not hist.rows:
+        hist.log(step=0, samples=0, heldout_accuracy=heldout(), seconds=0.0)
+
+    bar = tqdm(range(1, steps + 1), desc=method.name, disable=not progress, leave=False)
+    for i in bar:
+        # 1. sample G completions for each of the step's prompts (no gradient)
+        problems = task.sample_problems(prompts_per_step, g)
+        prompts = task.encode_prompts(problems).to(device)
+        policy.eval()
+        samples = policy.sample(
+            prompts, max_new_tokens=task.max_new_tokens, eos=eos, temperature=temperature, generator=g, group_size=G
+        )
+        # 2. rewards; reference log-probs; the batch
+        rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
+        with torch.no_grad():
+            ref_logp = token_log_probs(reference(samples.prompts, samples.completions), samples.completions)
+        batch = RolloutBatch.from_samples(samples, rewards, group_size=G, ref_log_probs=ref_logp * samples.mask)
+        # 3. advantages (reward side)
+        adv = method.advantages(batch)
+        # 4. loss (trajectory side), inner epochs x minibatches
+        policy.train()
+        losses, norms, stats_acc, entropy = [], [], {}, None
+        for _ in range(epochs):
+            order = torch.randperm(prompts_per_step, generator=g) if n_mb > 1 else torch.arange(prompts_per_step)
+            for chunk in order.chunk(n_mb):
+                rows = (chunk.unsqueeze(1) * G + torch.arange(G)).reshape(-1).to(device)
+                mb = batch if n_mb == 1 else batch.select(rows)
+                logits = policy(mb.prompts, mb.completions)
+                logp = token_log_probs(logits, mb.completions) * mb.mask
+                if entropy is None:  # the policy's entropy on its own samples, before any update
+                    with torch.no_grad():
+                        ent = token_entropy(logits)
+                        entropy = ((ent * mb.mask).sum() / mb.mask.sum()).item()
+                loss, stats = method.loss(logp, mb, adv if n_mb == 1 else adv[rows])
+                opt.zero_grad()
+                loss.backward()
+                clip = float("inf") if max_grad_norm is None else max_grad_norm
+                norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)))
+                opt.step()
+                losses.append(loss.item())
+                for k, v in stats.items():
+                    stats_acc.setdefault(k, []).append(float(v))
+        samples_seen += len(batch)
+        row = {
+            "step": step0 + i,
+            "samples": samples_seen,
+            "reward": batch.sequence_rewards.mean().item(),
+            "entropy": entropy,
+            "kl_ref": k3_kl(batch.old_log_probs, batch.ref_log_probs, batch.mask).item(),
+            "length": batch.lengths.mean().item(),
+            "truncated": batch.truncated.double().mean().item(),
+        }
+        if G >= 2:
+            row["zero_var_groups"] = _group_zero_variance(batch.sequence_rewards, G)
+        row["grad_norm"] = sum(norms) / len(norms)
+        row["loss"] = sum(losses) / len(losses)
+        row.update({k: sum(v) / len(v) for k, v in stats_acc.items()})
+        if eval_every is not None and (i % eval_every == 0 or i == steps):
+            row["heldout_accuracy"] = heldout()
+        row["seconds"] = time.perf_counter() - t0
+        hist.log(**row)
+        if progress:
+            bar.set_postfix(reward=f"{row['reward']:.3f}", refresh=False)
+    policy.eval()
+    return hist

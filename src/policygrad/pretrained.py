@@ -1,0 +1,304 @@
+"""Shipped warm starts: small TinyGPT checkpoints trained by supervised fine-tuning (SFT) to *partial* accuracy.
+
+RL on a language model starts from a model that already solves the task sometimes; from a random
+initialisation the reward of an exact-match task is almost always 0 and REINFORCE has nothing to
+push on. Each checkpoint here is a :class:`policygrad.TinyGPT` trained with teacher forcing on correct
+answers (:func:`train_supervised`) and stopped early, as soon as its greedy accuracy on a fixed sample of
+*training* problems reaches a target, so that the *held-out* accuracy is left well below 100 % (RL
+headroom). The held-out split is never used to choose when to stop.
+
+==========  ==========  =========  ========  ==========================================
+task        parameters  SFT steps  stop at   held-out greedy accuracy (480 problems)
+==========  ==========  =========  ========  ==========================================
+addition    101,760     200        0.40      0.4625
+reverse     101,568     114        0.40      0.5000
+prefix      101,696     72         0.40      0.4500
+==========  ==========  =========  ========  ==========================================
+
+(The numbers are those recorded in :data:`WARM_STARTS`; a test checks that the docstring, the recipe and
+the shipped files agree.) Each took under 10 s to train on one CPU thread.
+
+Load one with :func:`load_warm_start` (``torch.load(..., weights_only=True)``). Regenerate with::
+
+    python -m policygrad.regenerate_warm_starts            # every checkpoint
+    python -m policygrad.regenerate_warm_starts addition   # one
+
+which retrains from the recorded seed on CPU with one thread and overwrites
+``src/policygrad/checkpoints/<task>.pt``; ``--check`` retrains into memory and only compares.
+Bitwise equality needs the same CPU kernels (same torch build and instruction set); the held-out
+accuracy is what the tests pin. Introduced in {ref}`sec-tinylm-warm-start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ._checks import check_positive_int, check_tensor
+from .lm_tasks import Task, evaluate, make_task
+from .policies import token_log_probs
+from .tinygpt import TinyGPT, TinyGPTConfig
+from .utils import seed_everything
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "EVAL_SIZE",
+    "WarmStart",
+    "WARM_STARTS",
+    "supervised_loss",
+    "train_supervised",
+    "build_warm_start",
+    "checkpoint_path",
+    "load_warm_start",
+    "warm_start_table",
+]
+
+#: Where the shipped checkpoints live (inside the installed package).
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+#: Size of the held-out evaluation set used to document each checkpoint (``task.eval_set(EVAL_SIZE, seed=0)``).
+EVAL_SIZE = 480
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The recipe of one shipped checkpoint and the accuracy it was documented at.
+
+    task: a name in :data:`policygrad.lm_tasks.TASKS`; n_layer, n_head, n_embd: the TinyGPT size (vocabulary
+    and block size come from the task); seed: seeds the initialisation and the data order; lr, batch_size:
+    Adam learning rate and problems per step; max_steps: a hard cap; check_every: steps between checks of
+    the stopping rule; stop_at: stop at the first check where greedy accuracy on ``task.sample_problems(
+    256)`` drawn with ``seed`` (training split) reaches this value; heldout_accuracy: greedy accuracy on
+    ``task.eval_set(EVAL_SIZE)`` of the shipped checkpoint, as measured when it was built.
+    """
+
+    task: str
+    seed: int
+    lr: float
+    batch_size: int
+    max_steps: int
+    check_every: int
+    stop_at: float
+    heldout_accuracy: float
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+
+    def config(self) -> TinyGPTConfig:
+        task = make_task(self.task)
+        return TinyGPTConfig(
+            vocab_size=task.tokenizer.vocab_size,
+            block_size=task.prompt_length + task.max_new_tokens,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+        )
+
+
+#: The shipped warm starts, by task name.
+WARM_STARTS: dict[str, WarmStart] = {
+    "addition": WarmStart("addition", seed=0, lr=3e-3, batch_size=128, max_steps=2000, check_every=5,
+                          stop_at=0.40, heldout_accuracy=0.4625),
+    "reverse": WarmStart("reverse", seed=0, lr=3e-4, batch_size=128, max_steps=2000, check_every=2,
+                         stop_at=0.40, heldout_accuracy=0.5),
+    "prefix": WarmStart("prefix", seed=0, lr=3e-4, batch_size=128, max_steps=2000, check_every=2,
+                        stop_at=0.40, heldout_accuracy=0.45),
+}  # fmt: skip
+
+
+def supervised_loss(model: torch.nn.Module, prompts: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """Teacher-forced cross-entropy of the target completions, averaged over target tokens.
+
+    prompts ``(B, P)``, targets ``(B, T)`` token ids, mask ``(B, T)`` (1 on answer tokens and their EOS):
+    :math:`-\\frac{1}{\\sum m}\\sum_{i,t} m_{i,t}\\log\\pi_\\theta(y^*_{i,t}\\mid x_i, y^*_{i,<t})`.
+    """
+    check_tensor(targets, "targets", 2)
+    check_tensor(mask, "mask", 2)
+    if mask.shape != targets.shape:
+        raise ValueError(f"mask must have the shape of targets {tuple(targets.shape)}, got {tuple(mask.shape)}")
+    m = mask.to(device=targets.device, dtype=torch.get_default_dtype())
+    if not m.sum() > 0:
+        raise ValueError("mask selects no target token")
+    logp = token_log_probs(model(prompts, targets), targets)
+    return -(logp * m.to(logp.device)).sum() / m.sum()
+
+
+def train_supervised(
+    model: TinyGPT,
+    task: Task,
+    *,
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    check_every: int | None = None,
+    stop_at: float | None = None,
+) -> dict:
+    """Supervised fine-tuning on correct answers of training problems (Adam), optionally stopped early.
+
+    Every ``check_every`` steps the greedy accuracy on a fixed sample of 256 *training* problems is
+    measured; training stops at the first check where it reaches ``stop_at``. Returns a dict with
+    ``steps`` (taken), ``losses`` (one per step) and ``checks`` (``(step, train accuracy)`` pairs).
+    """
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if (check_every is None) != (stop_at is None):
+        raise ValueError("give both check_every and stop_at, or neither")
+    if check_every is not None:
+        check_positive_int(check_every, "check_every")
+        if not 0 < stop_at <= 1:
+            raise ValueError(f"stop_at must be in (0, 1], got {stop_at!r}")
+    device = model.wte.weight.device
+    g = torch.Generator().manual_seed(seed)
+    probe = task.sample_problems(256, torch.Generator().manual_seed(seed + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses, checks = [], []
+    model.train()
+    for step in range(1, steps + 1):
+        problems = task.sample_problems(batch_size, g)
+        prompts = task.encode_prompts(problems).to(device)
+        targets, mask = task.target_completions(problems)
+        loss = supervised_loss(model, prompts, targets.to(device), mask.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if check_every is not None and step % check_every == 0:
+            acc = evaluate(model, task, probe)["accuracy"]
+            checks.append((step, acc))
+            if acc >= stop_at:
+                break
+    return {"steps": len(losses), "losses": losses, "checks": checks}
+
+
+def build_warm_start(spec: WarmStart) -> tuple[TinyGPT, dict]:
+    """Train the checkpoint described by ``spec`` from scratch (CPU, one thread, seeded). Returns ``(model, info)``.
+
+    ``info`` holds the steps taken, the final training-probe accuracy, the held-out greedy accuracy and the
+    wall time in seconds.
+    """
+    if not isinstance(spec, WarmStart):
+        raise ValueError(f"spec must be a WarmStart, got {type(spec).__name__}")
+    seed_everything(spec.seed)
+    task = make_task(spec.task)
+    model = TinyGPT(spec.config(), generator=torch.Generator().manual_seed(spec.seed))
+    t0 = time.perf_counter()
+    log = train_supervised(
+        model,
+        task,
+        steps=spec.max_steps,
+        lr=spec.lr,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        check_every=spec.check_every,
+        stop_at=spec.stop_at,
+    )
+    model.eval()
+    heldout = evaluate(model, task, task.eval_set(EVAL_SIZE))["accuracy"]
+    info = {
+        "steps": log["steps"],
+        "train_accuracy": log["checks"][-1][1] if log["checks"] else float("nan"),
+        "heldout_accuracy": heldout,
+        "seconds": time.perf_counter() - t0,
+    }
+    return model, info
+
+
+def checkpoint_path(task: str) -> Path:
+    """Path of the shipped checkpoint of ``task``."""
+    if task not in WARM_STARTS:
+        raise ValueError(f"no warm start for task {task!r}; available: {sorted(WARM_STARTS)}")
+    return CHECKPOINT_DIR / f"{task}.pt"
+
+
+def _save(model: TinyGPT, spec: WarmStart, info: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": 1,
+        "task": spec.task,
+        "config": asdict(model.config),
+        "recipe": {k: v for k, v in asdict(spec).items() if k != "heldout_accuracy"},
+        "steps": info["steps"],
+        "heldout_accuracy": info["heldout_accuracy"],
+        "torch_version": str(torch.__version__),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # tied weights stay shared
+    }
+    torch.save(payload, path)
+
+
+def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str | Path | None = None):
+    """The shipped SFT warm start of ``task`` as a :class:`TinyGPT` in eval mode, and its metadata dict.
+
+    Loaded with ``torch.load(..., weights_only=True)`` (no code is unpickled). ``path`` overrides the
+    shipped file (e.g. a regenerated one). Returns ``(model, meta)``; ``meta`` has ``task``, ``config``,
+    ``recipe``, ``steps``, ``heldout_accuracy`` and ``torch_version``.
+    """
+    p = checkpoint_path(task) if path is None else Path(path)
+    if not p.is_file():
+        raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.regenerate_warm_starts {task}`")
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != 1 or payload.get("task") != task:
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint for task {task!r}")
+    model = TinyGPT(TinyGPTConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
+    return model, meta
+
+
+def warm_start_table() -> list[dict]:
+    """One row per shipped checkpoint: task, parameters, SFT steps, stopping target, held-out accuracy."""
+    rows = []
+    for name, spec in WARM_STARTS.items():
+        model, meta = load_warm_start(name)
+        rows.append(
+            {
+                "task": name,
+                "parameters": model.num_parameters(),
+                "sft_steps": meta["steps"],
+                "stop_at": spec.stop_at,
+                "heldout_accuracy": meta["heldout_accuracy"],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m policygrad.regenerate_warm_starts", description=__doc__.split("\n")[0])
+    parser.add_argument("tasks", nargs="*", default=list(WARM_STARTS), help="tasks to rebuild (default: all)")
+    parser.add_argument("--check", action="store_true", help="retrain in memory and compare; write nothing")
+    parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="directory to write the checkpoints to")
+    args = parser.parse_args(argv)
+    status = 0
+    for name in args.tasks:
+        if name not in WARM_STARTS:
+            parser.error(f"unknown task {name!r}; choose from {sorted(WARM_STARTS)}")
+        spec = WARM_STARTS[name]
+        model, info = build_warm_start(spec)
+        line = (
+            f"{name}: {model.num_parameters():,} parameters, {info['steps']} SFT steps, "
+            f"train-probe accuracy {info['train_accuracy']:.3f}, held-out greedy accuracy "
+            f"{info['heldout_accuracy']:.4f} ({info['seconds']:.1f} s)"
+        )
+        if args.check:
+            same = math.isclose(info["heldout_accuracy"], spec.heldout_accuracy, abs_tol=1.5 / EVAL_SIZE)
+            line += f" — documented {spec.heldout_accuracy:.4f}: {'OK' if same else 'DIFFERENT'}"
+            status |= not same
+        else:
+            _save(model, spec, info, args.out / f"{name}.pt")
+            line += f" -> {args.out / (name + '.pt')}"
+        print(line, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
