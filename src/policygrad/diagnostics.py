@@ -11,11 +11,19 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._checks import check_finite, check_positive_int, check_tensor
-from .exact import ExactProblem
-from .rollout import Samples
+from .exact import ExactProblem, flat_grad, flat_params
+from .rollout import RolloutBatch, Samples
+from .policies import token_log_probs
 from .trajectory_side import score_function_gradient
 
-__all__ = ["gradient_error_stats", "collect_estimates", "convergence", "sampled_estimator", "exact_bias_variance"]
+__all__ = [
+    "gradient_error_stats",
+    "collect_estimates",
+    "convergence",
+    "sampled_estimator",
+    "exact_bias_variance",
+    "method_gradient_estimator",
+]
 
 
 def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
@@ -123,3 +131,48 @@ def exact_bias_variance(problem: ExactProblem, policy: torch.nn.Module, weights:
     """
     mean, variance = problem.estimator_moments(policy, weights)
     return float((mean - problem.gradient(policy).to(mean.device)).norm()), variance
+
+
+def method_gradient_estimator(
+    policy: torch.nn.Module,
+    task,
+    problems: Sequence,
+    method,
+    *,
+    max_new_tokens: int | None = None,
+    group_size: int = 1,
+) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """A registered method's gradient estimate on a language-model task, as ``estimate(n, generator) -> (P,)``.
+
+    Each call draws ``n`` prompts uniformly from ``problems`` (the uniform :math:`\\rho` of
+    :func:`policygrad.lm_tasks.exact_problem`), samples ``group_size`` completions of at most
+    ``max_new_tokens`` (default the task's) for each, scores them with the task's reward, builds the
+    :class:`policygrad.rollout.RolloutBatch` and returns :math:`-\\nabla` of the method's loss — the exact
+    computation one step of :func:`policygrad.train.train` makes, without the optimiser. Compare it with
+    :meth:`policygrad.exact.ExactProblem.gradient` of ``exact_problem(task, problems, max_new_tokens)``.
+    Introduced in {ref}`sec-tinylm-exact`.
+    """
+    from .lm_tasks import Task  # local import: lm_tasks imports this module's dependencies
+    from .methods import get_method
+
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    problems = task._check_problems(problems)
+    method = get_method(method)
+    T = task.max_new_tokens if max_new_tokens is None else check_positive_int(max_new_tokens, "max_new_tokens")
+    G = check_positive_int(group_size, "group_size")
+    device = next(policy.parameters()).device
+    all_prompts = task.encode_prompts(problems).to(device)
+
+    def estimate(n: int, generator: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(problems), (n,), generator=generator)
+        samples = policy.sample(
+            all_prompts[idx.to(device)], max_new_tokens=T, eos=task.tokenizer.eos_id, generator=generator, group_size=G
+        )
+        reps = [problems[i] for i in idx.tolist() for _ in range(G)]
+        batch = RolloutBatch.from_samples(samples, task.rewards(reps, samples.completions, samples.mask), group_size=G)
+        logp = token_log_probs(policy(batch.prompts, batch.completions), batch.completions) * batch.mask
+        loss, _ = method.loss(logp, batch, method.advantages(batch))
+        return -flat_grad(loss, flat_params(policy)).detach()
+
+    return estimate

@@ -228,31 +228,71 @@ class TinyGPT(nn.Module):
             raise ValueError(f"total length {total} exceeds the cache's capacity of {cache.capacity} positions")
         return self.head(self._hidden(idx, cache)), cache
 
-    def forward(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+    def forward(self, prompts: torch.Tensor, completions: torch.Tensor, *, group_size: int = 1) -> torch.Tensor:
         """Teacher-forced next-token logits: prompts ``(B, P)``, completions ``(B, T)`` -> ``(B, T, V)``.
 
         Position ``t`` holds the logits of :math:`\\pi_\\theta(\\cdot \\mid x, y_{<t})`: the transformer runs on
         ``cat(prompts, completions[:, :-1])`` (length ``P + T - 1``) and its last ``T`` positions are kept.
         Requires ``P + T <= block_size``.
+
+        ``group_size=G`` declares that rows ``i*G .. i*G+G-1`` share one prompt (the layout of
+        ``sample(group_size=G)``): the prompt is then run once per group and its keys and values are shared
+        by the group's completions, which gives the same logits (up to float round-off) for a fraction of
+        the work — RL batches are exactly this shape. ValueError if the rows of a group differ.
         """
         prompts = self._check_tokens(prompts, "prompts")
         completions = self._check_tokens(completions, "completions")
         if completions.shape[0] != prompts.shape[0]:
             raise ValueError(f"prompts has {prompts.shape[0]} rows but completions has {completions.shape[0]}")
-        P, T = prompts.shape[1], completions.shape[1]
+        B, P, T = prompts.shape[0], prompts.shape[1], completions.shape[1]
         self._check_length(P + T)
-        idx = torch.cat([prompts, completions[:, :-1]], dim=1)  # (B, P + T - 1)
-        h = self._hidden(idx)  # (B, P + T - 1, C)
-        return self.head(h[:, P - 1 :])  # (B, T, V)
+        G = check_positive_int(group_size, "group_size")
+        if G == 1:
+            idx = torch.cat([prompts, completions[:, :-1]], dim=1)  # (B, P + T - 1)
+            h = self._hidden(idx)  # (B, P + T - 1, C)
+            return self.head(h[:, P - 1 :])  # (B, T, V)
+        unique = self._group_prompts(prompts, G)  # (B / G, P)
+        h_prompt, cache = self._shared_prefix(unique, G, P + T - 1)  # (B / G, P, C), cache of B rows
+        first = self.head(h_prompt[:, -1:]).repeat_interleave(G, dim=0)  # (B, 1, V): pi(. | x)
+        if T == 1:
+            return first
+        h = self._hidden(completions[:, :-1], cache)  # (B, T - 1, C), attending to the shared prompt
+        return torch.cat([first, self.head(h)], dim=1)  # (B, T, V)
 
     logits = forward
 
     def token_log_probs_and_entropy(
-        self, prompts: torch.Tensor, completions: torch.Tensor
+        self, prompts: torch.Tensor, completions: torch.Tensor, *, group_size: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`\\log\\pi_\\theta(y_t\\mid x, y_{<t})` and the entropy of :math:`\\pi_\\theta(\\cdot\\mid x, y_{<t})`: two ``(B, T)``."""
-        logits = self(prompts, completions)
+        logits = self(prompts, completions, group_size=group_size)
         return token_log_probs(logits, completions.to(logits.device)), token_entropy(logits)
+
+    def _group_prompts(self, prompts: torch.Tensor, G: int) -> torch.Tensor:
+        """The first row of each group of ``G`` identical prompt rows: ``(B, P) -> (B / G, P)``."""
+        B, P = prompts.shape
+        if B % G:
+            raise ValueError(f"group_size={G} does not divide the batch of {B} rows")
+        unique = prompts[::G]  # (B / G, P)
+        if not bool((prompts.view(B // G, G, P) == unique.unsqueeze(1)).all()):
+            raise ValueError(f"with group_size={G}, rows i*G .. i*G+G-1 must hold the same prompt")
+        return unique
+
+    def _shared_prefix(self, unique: torch.Tensor, G: int, capacity: int) -> tuple[torch.Tensor, KVCache]:
+        """Run ``N`` distinct prompts ``(N, P)`` once; return their hidden states ``(N, P, C)`` and a cache of
+        ``N * G`` rows whose first ``P`` positions hold each prompt's keys and values, ``G`` times.
+
+        Works with gradients: the copies into the cache are recorded by autograd.
+        """
+        N, P = unique.shape
+        small = self.new_cache(N, P)
+        h = self._hidden(unique, small)  # (N, P, C)
+        cache = self.new_cache(N * G, capacity)
+        for (k_small, v_small), (k, v) in zip(small.layers, cache.layers, strict=True):
+            k[:, :, :P] = k_small.repeat_interleave(G, dim=0)  # (N * G, H, P, d)
+            v[:, :, :P] = v_small.repeat_interleave(G, dim=0)
+        cache.length = P
+        return h, cache
 
     # -- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -302,8 +342,9 @@ class TinyGPT(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._check_length(prompts.shape[1] + T)
-        if group_size > 1:
-            prompts = prompts.repeat_interleave(group_size, dim=0)  # (B * G, P)
+        unique, G = prompts, group_size
+        if G > 1:
+            prompts = prompts.repeat_interleave(G, dim=0)  # (B * G, P)
 
         B = prompts.shape[0]
         device = prompts.device
@@ -314,8 +355,11 @@ class TinyGPT(nn.Module):
         mask = (torch.zeros if eos is not None else torch.ones)(B, T, dtype=self.wte.weight.dtype, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
 
-        cache = self.new_cache(B, prompts.shape[1] + T) if use_cache else None
-        h = self._hidden(prompts, cache)  # prefill: (B, P, C)
+        if use_cache:  # prefill: each distinct prompt once, its keys and values shared by its G rows
+            h, cache = self._shared_prefix(unique, G, prompts.shape[1] + T)  # (B / G, P, C), cache of B rows
+            h = h[:, -1:].repeat_interleave(G, dim=0)  # (B, 1, C)
+        else:
+            h = self._hidden(prompts)  # (B, P, C)
         for t in range(T):
             z = self.head(h[:, -1])  # (B, V) logits of pi(. | x, y_<t)
             logp_all = torch.log_softmax(z, dim=-1)  # (B, V) the policy's own log-probabilities

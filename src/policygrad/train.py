@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._checks import check_positive_int
 from .exact import ExactProblem
@@ -328,7 +328,7 @@ def train(
         # 2. rewards; reference log-probs; the batch
         rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
         with torch.no_grad():
-            ref_logp = token_log_probs(reference(samples.prompts, samples.completions), samples.completions)
+            ref_logp = token_log_probs(reference(samples.prompts, samples.completions, group_size=G), samples.completions)
         batch = RolloutBatch.from_samples(samples, rewards, group_size=G, ref_log_probs=ref_logp * samples.mask)
         # 3. advantages (reward side)
         adv = method.advantages(batch)
@@ -340,7 +340,7 @@ def train(
             for chunk in order.chunk(n_mb):
                 rows = (chunk.unsqueeze(1) * G + torch.arange(G)).reshape(-1).to(device)
                 mb = batch if n_mb == 1 else batch.select(rows)
-                logits = policy(mb.prompts, mb.completions)
+                logits = policy(mb.prompts, mb.completions, group_size=G)  # each prompt run once per group
                 logp = token_log_probs(logits, mb.completions) * mb.mask
                 if entropy is None:  # the policy's entropy on its own samples, before any update
                     with torch.no_grad():
