@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test book execute check html lab start lint clean
+.PHONY: install test book execute check html lab start lint bench clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ lab: install
 
 lint: install
 	$(BIN)/ruff check .
+
+## bench: the performance benchmarks (one CPU thread, ~5 min), written to benchmarks/results.md; not part of `make test`
+bench: install
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -454,3 +454,79 @@ def test_bad_inputs_raise_value_errors():
         model.sample(prompts.double(), max_new_tokens=2)
     with pytest.raises(ValueError, match="at least one"):
         model.sample(prompts[:, :0], max_new_tokens=2)
+
+
+# -- shared-prompt (grouped) forward and sampling -----------------------------------------------------------------
+
+
+def _grouped(N=3, G=4, P=3, T=5, V=5, seed=0):
+    prompts = _tokens(N, P, V, seed=seed).repeat_interleave(G, 0)  # rows i*G .. i*G+G-1 share prompt i
+    return prompts, _tokens(N * G, T, V, seed=seed + 1)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_grouped_forward_equals_the_plain_forward_with_the_same_gradients(T):
+    model = _model(block=10)
+    prompts, comp = _grouped(T=T)
+    weights = torch.randn(prompts.shape[0], T, 5, generator=torch.Generator().manual_seed(9))
+    outs, grads = [], []
+    for G in (1, 4):
+        model.zero_grad()
+        logits = model(prompts, comp, group_size=G)
+        (logits * weights).sum().backward()  # a generic scalar of the logits
+        outs.append(logits.detach())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert outs[1].shape == (12, T, 5)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+    assert (grads[1] - grads[0]).norm() <= 1e-4 * grads[0].norm()
+    assert grads[0].norm() > 1e-3
+    lp1, ent1 = model.token_log_probs_and_entropy(prompts, comp, group_size=4)
+    lp0, ent0 = model.token_log_probs_and_entropy(prompts, comp)
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=0)
+
+
+def test_grouped_forward_group_size_equal_to_the_batch_and_double():
+    model = _model(block=10).double()
+    prompts = torch.tensor([[1, 2, 3]]).repeat(6, 1)
+    comp = _tokens(6, 4, 5, seed=3)
+    torch.testing.assert_close(model(prompts, comp, group_size=6), model(prompts, comp), atol=1e-12, rtol=0)
+
+
+def test_grouped_forward_rejects_inconsistent_groups():
+    model = _model(block=10)
+    prompts, comp = _grouped(N=3, G=4)
+    with pytest.raises(ValueError, match="does not divide"):
+        model(prompts, comp, group_size=5)
+    with pytest.raises(ValueError, match="same prompt"):
+        model(prompts, comp, group_size=6)  # 6 divides 12, but rows 0..5 hold two prompts
+    mixed = prompts.clone()
+    mixed[5, 0] = (mixed[5, 0] + 1) % 5  # one row of group 1 differs
+    with pytest.raises(ValueError, match="same prompt"):
+        model(mixed, comp, group_size=4)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="group_size"):
+            model(prompts, comp, group_size=bad)
+
+
+@pytest.mark.parametrize("eos", [None, 1])
+def test_grouped_sampling_log_probs_are_the_teacher_forced_ones_and_match_no_cache(eos):
+    model = _model(block=10)
+    prompts = _tokens(5, 3, 5, seed=4)
+    G, T = 6, 5
+    kw = {"max_new_tokens": T, "eos": eos, "group_size": G}
+    a = model.sample(prompts, generator=torch.Generator().manual_seed(2), **kw)
+    assert a.prompts.shape == (30, 3) and torch.equal(a.prompts, prompts.repeat_interleave(G, 0))
+    with torch.no_grad():
+        ref = token_log_probs(model(a.prompts, a.completions), a.completions) * a.mask
+        ref_g = token_log_probs(model(a.prompts, a.completions, group_size=G), a.completions) * a.mask
+    torch.testing.assert_close(a.log_probs, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.log_probs, ref_g, atol=1e-5, rtol=0)
+    b = model.sample(prompts, generator=torch.Generator().manual_seed(2), use_cache=False, **kw)
+    assert torch.equal(a.completions, b.completions) and torch.equal(a.mask, b.mask)
+    assert torch.equal(a.truncated, b.truncated)
+    torch.testing.assert_close(a.log_probs, b.log_probs, atol=1e-5, rtol=0)
+    # the G completions of a prompt are distinct draws, not copies
+    assert len({tuple(r) for r in a.completions[:G].tolist()}) > 1
+    if eos is not None:
+        assert 0 < int(a.truncated.sum()) < 30

@@ -12,8 +12,8 @@ import torch
 
 from ._checks import check_finite, check_positive_int, check_tensor
 from .exact import ExactProblem, flat_grad, flat_params
-from .rollout import RolloutBatch, Samples
 from .policies import token_log_probs
+from .rollout import RolloutBatch, Samples
 from .trajectory_side import score_function_gradient
 
 __all__ = [

@@ -109,7 +109,7 @@ def get_method(method: str | Method) -> Method:
     """The registered method of that name (a :class:`Method` is returned as is)."""
     if isinstance(method, Method):
         return method
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; registered: {method_names()}")
     return METHODS[method]
 

@@ -121,6 +121,8 @@ def supervised_loss(model: torch.nn.Module, prompts: torch.Tensor, targets: torc
     check_tensor(mask, "mask", 2)
     if mask.shape != targets.shape:
         raise ValueError(f"mask must have the shape of targets {tuple(targets.shape)}, got {tuple(mask.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must contain only 0 and 1")
     m = mask.to(device=targets.device, dtype=torch.get_default_dtype())
     if not m.sum() > 0:
         raise ValueError("mask selects no target token")
@@ -149,14 +151,16 @@ def train_supervised(
     check_positive_int(batch_size, "batch_size")
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task, got {type(task).__name__}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if (check_every is None) != (stop_at is None):
         raise ValueError("give both check_every and stop_at, or neither")
     if check_every is not None:
         check_positive_int(check_every, "check_every")
-        if not 0 < stop_at <= 1:
-            raise ValueError(f"stop_at must be in (0, 1], got {stop_at!r}")
+        if isinstance(stop_at, bool) or not isinstance(stop_at, (int, float)) or not 0 < stop_at <= 1:
+            raise ValueError(f"stop_at must be a number in (0, 1], got {stop_at!r}")
     device = model.wte.weight.device
     g = torch.Generator().manual_seed(seed)
     probe = task.sample_problems(256, torch.Generator().manual_seed(seed + 1))
@@ -245,9 +249,15 @@ def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str 
     p = checkpoint_path(task) if path is None else Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.regenerate_warm_starts {task}`")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != 1 or payload.get("task") != task:
-        raise ValueError(f"{p} is not a policygrad warm-start checkpoint for task {task!r}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or one that needs unpickling code
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint ({type(err).__name__})") from None
+    needed = {"format", "task", "config", "state_dict", "steps", "heldout_accuracy"}
+    if not isinstance(payload, dict) or not needed <= set(payload) or payload["format"] != 1:
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint (missing {sorted(needed - set(payload or {}))})")
+    if payload["task"] != task:
+        raise ValueError(f"{p} is a warm start for task {payload['task']!r}, not {task!r}")
     model = TinyGPT(TinyGPTConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

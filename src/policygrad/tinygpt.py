@@ -244,7 +244,7 @@ class TinyGPT(nn.Module):
         completions = self._check_tokens(completions, "completions")
         if completions.shape[0] != prompts.shape[0]:
             raise ValueError(f"prompts has {prompts.shape[0]} rows but completions has {completions.shape[0]}")
-        B, P, T = prompts.shape[0], prompts.shape[1], completions.shape[1]
+        P, T = prompts.shape[1], completions.shape[1]
         self._check_length(P + T)
         G = check_positive_int(group_size, "group_size")
         if G == 1:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from ._checks import check_positive_int
+from ._checks import check_positive_int, check_tensor
 from .exact import ExactProblem
 from .lm_tasks import Problem, Task, evaluate
 from .methods import Method, get_method
@@ -225,8 +225,18 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     :math:`\\mathrm{KL}(\\pi_\\theta\\,\\|\\,\\pi_\\text{ref})` of its state. ``(B, T)`` inputs -> a scalar; 0 if the mask is empty.
     (Chapter 06 derives k1/k2/k3 and measures them.)
     """
+    check_tensor(logp, "logp", 2)
+    check_tensor(ref_logp, "ref_logp", 2)
+    check_tensor(mask, "mask", 2)
+    if not (logp.shape == ref_logp.shape == mask.shape):
+        raise ValueError(
+            f"logp, ref_logp and mask must have one shape, got {tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
+        )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must contain only 0 and 1")
+    mask = mask.to(logp.dtype)
     d = (ref_logp - logp) * mask
-    k3 = (torch.exp(d) - d - 1) * mask
+    k3 = (torch.expm1(d) - d) * mask  # e^d - 1 - d, written so that round-off cannot make it negative
     n = mask.sum()
     return k3.sum() / n if n > 0 else k3.sum() * 0.0
 
@@ -285,7 +295,9 @@ def train(
         raise ValueError(f"minibatches={n_mb} must divide prompts_per_step={prompts_per_step} (whole groups)")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
+    ):
         raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
     if eval_every is not None:
         check_positive_int(eval_every, "eval_every")
