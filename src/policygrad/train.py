@@ -26,7 +26,7 @@ from .methods import Method, get_method
 from .policies import TabularPolicy, token_entropy, token_log_probs
 from .reward_side import TabularValue, leave_one_out_baseline, reinforce_weights
 from .rollout import RolloutBatch
-from .trajectory_side import pg_surrogate
+from .trajectory_side import aggregate, kl_estimate, pg_surrogate
 
 __all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent", "History", "METRICS", "train", "k3_kl"]
 
@@ -234,11 +234,8 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
         )
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask must contain only 0 and 1")
-    mask = mask.to(logp.dtype)
-    d = (ref_logp - logp) * mask
-    k3 = (torch.expm1(d) - d) * mask  # e^d - 1 - d, written so that round-off cannot make it negative
-    n = mask.sum()
-    return k3.sum() / n if n > 0 else k3.sum() * 0.0
+    m = mask.to(logp.dtype)
+    return aggregate(kl_estimate(logp * m, ref_logp * m, "k3") * m, m, "token-mean")
 
 
 def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
