@@ -22,6 +22,10 @@ __all__ = [
     "optimal_constant_baseline",
     "leave_one_out_baseline",
     "TabularValue",
+    "terminal_to_steps",
+    "kl_shaped_rewards",
+    "whiten",
+    "clipped_value_loss",
 ]
 
 
@@ -284,3 +288,127 @@ class TabularValue(nn.Module):
         cnt = torch.zeros_like(self.table).index_add_(0, s, m.reshape(-1))
         self.table += lr * num / cnt.clamp_min(1.0)
         return float((err**2).sum() / m.sum())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Part II: the reward side of RLHF-style PPO (reward at the end, KL in the reward, whitening, the critic)
+# ------------------------------------------------------------------------------------------------------
+def _check_seq_mask(mask: torch.Tensor, B: int) -> torch.Tensor:
+    check_tensor(mask, "mask", 2)
+    if mask.shape[0] != B:
+        raise ValueError(f"mask must have {B} rows, got shape {tuple(mask.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must contain only 0 and 1")
+    return mask
+
+
+def terminal_to_steps(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put each sequence's outcome reward on its last real token: ``(B,)`` and mask ``(B, T)`` -> ``(B, T)``.
+
+    The language-model MDP of {ref}`sec-gae-lm-mdp`: every step earns 0 except the last. A row with an
+    empty mask gets no reward anywhere.
+    """
+    check_tensor(rewards, "rewards", 1)
+    check_finite(rewards, "rewards")
+    m = _check_seq_mask(mask, rewards.shape[0]).to(rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype())
+    last = (m.cumsum(-1) == m.sum(-1, keepdim=True)) & (m > 0)  # (B, T) True on the last real token
+    return rewards.to(m.dtype).unsqueeze(1) * last.to(m.dtype)
+
+
+def kl_shaped_rewards(
+    rewards: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    kind: str = "k1",
+) -> torch.Tensor:
+    """KL to a reference as *reward shaping* (reward side): :math:`r_t \\leftarrow r_t - \\beta\\,k_t` per token.
+
+    rewards ``(B,)`` outcome rewards (put on the last token by :func:`terminal_to_steps`) or ``(B, T)``
+    per-step rewards; logp ``(B, T)`` of the sampling policy and ref_logp ``(B, T)``; the per-token
+    estimate :math:`k_t` is :func:`policygrad.trajectory_side.kl_estimate` of ``kind`` (k1 in Ziegler et al.
+    2019 and InstructGPT). Everything is treated as a constant (no gradient flows through a reward).
+    Returns ``(B, T)``, 0 on padding. Derived in chapter 6 (KL to a reference).
+    """
+    from .trajectory_side import kl_estimate  # the estimator is shared with the loss-term form
+
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or beta != beta:
+        raise ValueError(f"beta must be a non-negative number, got {beta!r}")
+    check_tensor(logp, "logp", 2)
+    m = _check_seq_mask(mask, logp.shape[0])
+    if m.shape != logp.shape:
+        raise ValueError(f"mask must have the shape of logp {tuple(logp.shape)}, got {tuple(m.shape)}")
+    check_tensor(rewards, "rewards", (1, 2))
+    steps = terminal_to_steps(rewards, m) if rewards.dim() == 1 else rewards
+    if steps.shape != logp.shape:
+        raise ValueError(f"per-step rewards must have shape {tuple(logp.shape)}, got {tuple(steps.shape)}")
+    check_finite(steps, "rewards")
+    m = m.to(logp.dtype)
+    k = kl_estimate(logp.detach() * m, ref_logp.detach() * m, kind).detach()
+    return (steps.detach().to(logp.dtype) - beta * k) * m
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``values (B, T)`` to mean 0 and standard deviation 1 over the tokens where ``mask`` is 1.
+
+    The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales (keeps the sign of every
+    advantage). Uses the population standard deviation. Never NaN: if the masked values are all equal
+    (std at most ``eps``) the result is zeros with ``shift_mean`` and the masked input unchanged without it;
+    an empty mask returns zeros. Derived in chapter 6 (KL to a reference).
+    """
+    check_tensor(values, "values", 2)
+    check_finite(values, "values")
+    m = _check_seq_mask(mask, values.shape[0])
+    if m.shape != values.shape:
+        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
+    m = m.to(values.dtype)
+    n = m.sum()
+    if n == 0:
+        return torch.zeros_like(values)
+    mean = (values * m).sum() / n
+    var = (((values - mean) * m) ** 2).sum() / n
+    std = var.sqrt()
+    if std <= eps:
+        return (values - mean) * 0.0 * m if shift_mean else values * m
+    centred = values - mean if shift_mean else values
+    return centred / std * m
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float | None = 0.2,
+) -> torch.Tensor:
+    """PPO's clipped value loss, mean over masked tokens:
+    :math:`\\tfrac12\\max\\big((V-G)^2,\\ (V_\\text{old} + \\mathrm{clip}(V - V_\\text{old}, -c, c) - G)^2\\big)`.
+
+    values ``(B, T)`` from the critic (with gradient); old_values ``(B, T)`` the critic's values when the
+    batch was sampled; returns ``(B, T)`` the regression targets (e.g. GAE advantages + old values); all
+    but ``values`` are constants. ``clip=None`` gives the plain squared error. An empty mask gives 0.
+    Derived in chapter 6 (RLHF-style PPO).
+    """
+    check_tensor(values, "values", 2)
+    for name, x in (("old_values", old_values), ("returns", returns)):
+        check_tensor(x, name, 2)
+        if x.shape != values.shape:
+            raise ValueError(f"{name} must have the shape of values {tuple(values.shape)}, got {tuple(x.shape)}")
+        check_finite(x, name)
+    m = _check_seq_mask(mask, values.shape[0])
+    if m.shape != values.shape:
+        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    m = m.to(values.dtype)
+    G = returns.detach().to(values.dtype)
+    loss = (values - G) ** 2
+    if clip is not None:
+        old = old_values.detach().to(values.dtype)
+        clipped = old + torch.clamp(values - old, -clip, clip)
+        loss = torch.maximum(loss, (clipped - G) ** 2)
+    n = m.sum()
+    return 0.5 * (loss * m).sum() / n.clamp_min(1.0)

@@ -24,7 +24,7 @@ from ._checks import check_positive_int, check_tensor
 from .policies import token_entropy, token_log_probs
 from .rollout import Samples
 
-__all__ = ["TinyGPTConfig", "TinyGPT", "KVCache"]
+__all__ = ["TinyGPTConfig", "TinyGPT", "KVCache", "TinyGPTCritic"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,13 @@ class TinyGPT(nn.Module):
         by the group's completions, which gives the same logits (up to float round-off) for a fraction of
         the work — RL batches are exactly this shape. ValueError if the rows of a group differ.
         """
+        return self.head(self.state_features(prompts, completions, group_size=group_size))  # (B, T, V)
+
+    def state_features(self, prompts: torch.Tensor, completions: torch.Tensor, *, group_size: int = 1) -> torch.Tensor:
+        """The final hidden state of each state :math:`s_t = (x, y_{<t})`: ``(B, T, C)``; see :meth:`forward`.
+
+        The policy head turns it into next-token logits; a value head (:class:`TinyGPTCritic`) into :math:`V(s_t)`.
+        """
         prompts = self._check_tokens(prompts, "prompts")
         completions = self._check_tokens(completions, "completions")
         if completions.shape[0] != prompts.shape[0]:
@@ -249,15 +256,14 @@ class TinyGPT(nn.Module):
         G = check_positive_int(group_size, "group_size")
         if G == 1:
             idx = torch.cat([prompts, completions[:, :-1]], dim=1)  # (B, P + T - 1)
-            h = self._hidden(idx)  # (B, P + T - 1, C)
-            return self.head(h[:, P - 1 :])  # (B, T, V)
+            return self._hidden(idx)[:, P - 1 :]  # (B, T, C)
         unique = self._group_prompts(prompts, G)  # (B / G, P)
         h_prompt, cache = self._shared_prefix(unique, G, P + T - 1)  # (B / G, P, C), cache of B rows
-        first = self.head(h_prompt[:, -1:]).repeat_interleave(G, dim=0)  # (B, 1, V): pi(. | x)
+        first = h_prompt[:, -1:].repeat_interleave(G, dim=0)  # (B, 1, C): the state s_0 = x
         if T == 1:
             return first
         h = self._hidden(completions[:, :-1], cache)  # (B, T - 1, C), attending to the shared prompt
-        return torch.cat([first, self.head(h)], dim=1)  # (B, T, V)
+        return torch.cat([first, h], dim=1)  # (B, T, C)
 
     logits = forward
 
@@ -407,3 +413,35 @@ class TinyGPT(nn.Module):
     def _check_length(self, total: int) -> None:
         if total > self.config.block_size:
             raise ValueError(f"total length {total} (prompt + completion) exceeds block_size={self.config.block_size}")
+
+
+class TinyGPTCritic(nn.Module):
+    """A value model :math:`V_\\phi(s_t)` for the token-level MDP: a TinyGPT body with a scalar head.
+
+    ``critic(prompts (B, P), completions (B, T)) -> (B, T)``: position ``t`` is the value of the state
+    :math:`s_t = (x, y_{<t})` before token ``t`` is chosen, aligned with the policy's log-probabilities.
+    RLHF-style PPO trains it by regression on returns (:func:`policygrad.reward_side.clipped_value_loss`)
+    and uses it in GAE. :meth:`from_policy` starts the body from a policy's weights (a common choice:
+    the critic then starts with the policy's features); the value head starts at 0.
+    Derived in chapter 6 (RLHF-style PPO).
+    """
+
+    def __init__(self, config: TinyGPTConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.body = TinyGPT(config, generator=generator)
+        self.value_head = nn.Linear(config.n_embd, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    @classmethod
+    def from_policy(cls, policy: TinyGPT) -> TinyGPTCritic:
+        """A critic whose body is a copy of ``policy`` (same device), with a zero value head."""
+        if not isinstance(policy, TinyGPT):
+            raise ValueError(f"policy must be a TinyGPT, got {type(policy).__name__}")
+        critic = cls(policy.config)
+        critic.body.load_state_dict(policy.state_dict())
+        return critic.to(policy.wte.weight.device)
+
+    def forward(self, prompts: torch.Tensor, completions: torch.Tensor, *, group_size: int = 1) -> torch.Tensor:
+        h = self.body.state_features(prompts, completions, group_size=group_size)  # (B, T, C)
+        return self.value_head(h).squeeze(-1)  # (B, T)
