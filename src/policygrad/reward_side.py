@@ -334,8 +334,8 @@ def kl_shaped_rewards(
     """
     from .trajectory_side import kl_estimate  # the estimator is shared with the loss-term form
 
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or beta != beta:
-        raise ValueError(f"beta must be a non-negative number, got {beta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     check_tensor(logp, "logp", 2)
     m = _check_seq_mask(mask, logp.shape[0])
     if m.shape != logp.shape:

@@ -10,6 +10,8 @@ straight-through variants) used as a loss term. Loss = −surrogate, always.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._checks import check_finite, check_mask, check_positive_int, check_tensor
@@ -131,6 +133,7 @@ def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, l
 
     Derived in chapter 5 (importance sampling and PPO).
     """
+    check_tensor(logp, "logp", 2)
     check_tensor(old_logp, "old_logp", 2)
     if old_logp.shape != logp.shape:
         raise ValueError(f"old_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
@@ -222,8 +225,9 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
     constant):
 
     * ``"k1"``: :math:`x` — unbiased, can be negative, high variance;
-    * ``"k2"``: :math:`\\tfrac12 x^2` — biased value, but its gradient as a loss is the gradient of the
-      reverse KL (on-policy);
+    * ``"k2"``: :math:`\\tfrac12 x^2` — biased value, but as an on-policy loss its gradient is that of the
+      per-token reverse KL with the distribution of prefixes held fixed (the full gradient of the reverse KL
+      for one-token completions, not for sequences);
     * ``"k3"``: :math:`e^{-x} + x - 1 \\ge 0` — unbiased, low variance (GRPO's KL term), computed as
       ``expm1(-x) + x`` so round-off cannot make it negative;
     * ``"k1+"``, ``"k3+"``: the value of k1 / k3 with the gradient of k2 (straight-through: value + k2 − sg(k2)).
@@ -262,11 +266,16 @@ def kl_loss(
     """The KL-to-reference loss term: :func:`aggregate` of :func:`kl_estimate` over the trained tokens.
 
     Multiply by a coefficient :math:`\\beta` and add to a policy loss (trajectory side). Its gradient is
-    the gradient of :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` only for some estimators (chapter 06
-    measures which). Derived in chapter 6 (KL to a reference).
+    the gradient of :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` only in special cases: k2's is the gradient of
+    the per-token KLs with the distribution of prefixes held fixed, which is the sequence KL's gradient only
+    for one-token completions (chapter 06 measures this). Derived in chapter 6 (KL to a reference).
     """
     m = _check_per_token(logp, mask, "logp")
-    return aggregate(kl_estimate(logp, ref_logp, kind) * m, mask, aggregation, max_len=max_len)
+    check_tensor(ref_logp, "ref_logp", 2)
+    if ref_logp.shape != logp.shape:
+        raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
+    # zero both on padding *before* the estimate: an inf on padding times a 0 mask would be NaN
+    return aggregate(kl_estimate(logp * m, ref_logp.to(logp.dtype) * m, kind) * m, mask, aggregation, max_len=max_len)
 
 
 def ppo_kl_penalty_loss(
@@ -287,8 +296,8 @@ def ppo_kl_penalty_loss(
     between steps with :class:`AdaptiveKLController`. Returns ``(loss, stats)`` with ``approx_kl``,
     ``ratio_mean``, ``ratio_max`` (``clip_frac`` is 0 by construction). Derived in chapter 5 (PPO).
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or beta != beta:
-        raise ValueError(f"beta must be a non-negative number, got {beta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     lr = log_ratios(logp, old_logp, mask, "token")
     check_tensor(advantages, "advantages", 2)
     if advantages.shape != logp.shape:
@@ -321,8 +330,8 @@ class AdaptiveKLController:
 
     def __init__(self, init_beta: float, target: float, horizon: int) -> None:
         for name, v in (("init_beta", init_beta), ("target", target)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ValueError(f"{name} must be a finite positive number, got {v!r}")
         self.beta = float(init_beta)
         self.target = float(target)
         self.horizon = check_positive_int(horizon, "horizon")
@@ -330,7 +339,7 @@ class AdaptiveKLController:
     def update(self, kl: float, n_samples: int) -> float:
         """Update and return :math:`\\beta` after a step that measured ``kl`` on ``n_samples`` samples."""
         if isinstance(kl, bool) or not isinstance(kl, (int, float)) or kl != kl:
-            raise ValueError(f"kl must be a number, got {kl!r}")
+            raise ValueError(f"kl must be a number (not NaN), got {kl!r}")  # +inf is fine: the step is clipped
         check_positive_int(n_samples, "n_samples")
         error = min(max((kl - self.target) / self.target, -0.2), 0.2)
         self.beta *= 1.0 + error * n_samples / self.horizon
