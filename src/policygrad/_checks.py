@@ -48,15 +48,18 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def check_mask(mask: torch.Tensor, name: str = "mask", shape: torch.Size | None = None) -> torch.Tensor:
-    """Validate a 0/1 mask and return it as float; raise ValueError if it is empty or not binary."""
+def check_mask(
+    mask: torch.Tensor, name: str = "mask", shape: torch.Size | None = None, *, allow_empty: bool = False
+) -> torch.Tensor:
+    """Validate a 0/1 mask and return it as float; raise ValueError if it is not binary, or empty unless
+    ``allow_empty`` (training code where an empty mask has a defined result, e.g. a loss of 0)."""
     check_tensor(mask, name)
     if shape is not None and mask.shape != shape:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
     m = mask.to(torch.float32) if mask.dtype == torch.bool else mask
     if not bool(((m == 0) | (m == 1)).all()):
         raise ValueError(f"{name} must contain only 0 and 1")
-    if m.numel() == 0 or not bool((m != 0).any()):
+    if not allow_empty and (m.numel() == 0 or not bool((m != 0).any())):
         raise ValueError(f"{name} is empty: it selects no token at all")
     return m.to(torch.get_default_dtype()) if not m.is_floating_point() else m
 

@@ -297,9 +297,7 @@ def _check_seq_mask(mask: torch.Tensor, B: int) -> torch.Tensor:
     check_tensor(mask, "mask", 2)
     if mask.shape[0] != B:
         raise ValueError(f"mask must have {B} rows, got shape {tuple(mask.shape)}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must contain only 0 and 1")
-    return mask
+    return check_mask(mask, "mask", allow_empty=True)
 
 
 def terminal_to_steps(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

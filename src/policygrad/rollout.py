@@ -63,9 +63,9 @@ def _check_01(x: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tenso
     check_tensor(x, name, len(shape))
     if tuple(x.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if x.is_complex() or not bool(((x == 0) | (x == 1)).all()):
+    if x.is_complex():
         raise ValueError(f"{name} must contain only 0 and 1")
-    return x
+    return check_mask(x, name, allow_empty=True)
 
 
 def _check_log_probs(x: torch.Tensor, name: str, shape: tuple[int, ...], mask: torch.Tensor) -> None:

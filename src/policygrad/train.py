@@ -19,14 +19,14 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from ._checks import check_positive_int, check_tensor
+from ._checks import check_positive_int
 from .exact import ExactProblem
 from .lm_tasks import Problem, Task, evaluate
 from .methods import Method, get_method
 from .policies import TabularPolicy, token_entropy, token_log_probs
 from .reward_side import TabularValue, leave_one_out_baseline, reinforce_weights
 from .rollout import RolloutBatch
-from .trajectory_side import aggregate, kl_estimate, pg_surrogate
+from .trajectory_side import kl_loss, pg_surrogate
 
 __all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent", "History", "METRICS", "train", "k3_kl"]
 
@@ -225,18 +225,7 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     :math:`\\mathrm{KL}(\\pi_\\theta\\,\\|\\,\\pi_\\text{ref})` of its state. ``(B, T)`` inputs -> a scalar; 0 if the mask is empty.
     (Chapter 06 derives k1/k2/k3 and measures them.)
     """
-    check_tensor(logp, "logp", 2)
-    check_tensor(ref_logp, "ref_logp", 2)
-    check_tensor(mask, "mask", 2)
-    if not (logp.shape == ref_logp.shape == mask.shape):
-        raise ValueError(
-            f"logp, ref_logp and mask must have one shape, got {tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
-        )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must contain only 0 and 1")
-    m = mask.to(logp.dtype)
-    return aggregate(kl_estimate(logp * m, ref_logp * m, "k3") * m, m, "token-mean")
-
+    return kl_loss(logp, ref_logp, mask, kind="k3", aggregation="token-mean")
 
 def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
     g = rewards.reshape(-1, group_size)

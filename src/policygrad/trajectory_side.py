@@ -73,9 +73,16 @@ def _check_per_token(x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Te
     check_tensor(mask, "mask", 2)
     if mask.shape != x.shape:
         raise ValueError(f"mask must have the shape of {name} {tuple(x.shape)}, got {tuple(mask.shape)}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must contain only 0 and 1")
-    return mask.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    m = check_mask(mask, "mask", allow_empty=True)
+    return m.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+
+
+def _check_advantages(advantages: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    check_tensor(advantages, "advantages", 2)
+    if advantages.shape != logp.shape:
+        raise ValueError(f"advantages must have the shape of logp {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+    check_finite(advantages, "advantages")
+    return advantages.detach().to(logp.dtype)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len: int | None = None) -> torch.Tensor:
@@ -179,17 +186,13 @@ def ppo_clip_loss(
     """
     lr = log_ratios(logp, old_logp, mask, "token")
     m = mask.to(lr.dtype)
-    check_tensor(advantages, "advantages", 2)
-    if advantages.shape != logp.shape:
-        raise ValueError(f"advantages must have the shape of logp {tuple(logp.shape)}, got {tuple(advantages.shape)}")
-    check_finite(advantages, "advantages")
+    A = _check_advantages(advantages, logp)
     for name, eps in (("eps_low", eps_low), ("eps_high", eps_high)):
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1):
             raise ValueError(f"{name} must be a number in [0, 1), got {eps!r}")
     e_hi = eps_low if eps_high is None else eps_high
     if dual_clip is not None and (isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1):
         raise ValueError(f"dual_clip must be a number > 1 (typically 3), got {dual_clip!r}")
-    A = advantages.detach().to(lr.dtype)
     ratio = torch.exp(lr)  # (B, T); exactly 1 on padding
     unclipped = -ratio * A
     clipped = -torch.clamp(ratio, 1.0 - eps_low, 1.0 + e_hi) * A
@@ -299,14 +302,11 @@ def ppo_kl_penalty_loss(
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
         raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     lr = log_ratios(logp, old_logp, mask, "token")
-    check_tensor(advantages, "advantages", 2)
-    if advantages.shape != logp.shape:
-        raise ValueError(f"advantages must have the shape of logp {tuple(logp.shape)}, got {tuple(advantages.shape)}")
-    check_finite(advantages, "advantages")
+    A = _check_advantages(advantages, logp)
     m = mask.to(lr.dtype)
     ratio = torch.exp(lr)
     kl = torch.expm1(lr) - lr  # (r - 1) - log r >= 0
-    per_token = -ratio * advantages.detach().to(lr.dtype) + beta * kl
+    per_token = -ratio * A + beta * kl
     loss = aggregate(per_token, mask, aggregation, max_len=max_len)
     with torch.no_grad():
         n = m.sum().clamp_min(1.0)
