@@ -146,6 +146,9 @@ def test_rollout_batch_from_samples():
         ({"truncated": torch.zeros(3, dtype=torch.bool)}, "truncated"),
         ({"truncated": torch.zeros(4, 1, dtype=torch.bool)}, "truncated"),
         ({"rewards": [0.0, 1.0, 2.0, 3.0]}, "rewards must be a torch.Tensor"),
+        ({"values": torch.zeros(4, 2)}, "values must be a floating-point tensor of shape"),
+        ({"values": torch.zeros(4, 3, dtype=torch.long)}, "values must be a floating-point"),
+        ({"values": torch.full((4, 3), float("nan"))}, "values contains"),
         # masks
         ({"mask": torch.full((4, 3), 0.5)}, "mask must contain only 0 and 1"),
         ({"loss_mask": torch.full((4, 3), 2.0)}, "loss_mask must contain only 0 and 1"),
@@ -225,6 +228,7 @@ def test_rollout_batch_select_whole_groups_keeps_rows_aligned():
         rewards=torch.randn(B, T, generator=g) * mask,
         group_ids=torch.tensor([10, 10, 20, 20, 30, 30]),
         truncated=torch.tensor([True, False, False, True, False, True]),
+        values=torch.randn(B, T, generator=g) * mask,
     )
     rows = torch.tensor([4, 5, 0, 1])  # groups 30 and 10, in that order
     sub = full.select(rows)
@@ -235,9 +239,13 @@ def test_rollout_batch_select_whole_groups_keeps_rows_aligned():
     assert torch.equal(sub.sequence_rewards, full.sequence_rewards[rows])
     assert torch.equal(sub.lengths, full.lengths[rows])
     no_ref = RolloutBatch(
-        **{**{f.name: getattr(full, f.name) for f in dataclasses.fields(RolloutBatch)}, "ref_log_probs": None}
+        **{
+            **{f.name: getattr(full, f.name) for f in dataclasses.fields(RolloutBatch)},
+            "ref_log_probs": None,
+            "values": None,
+        }
     )
-    assert no_ref.select(rows).ref_log_probs is None
+    assert no_ref.select(rows).ref_log_probs is None and no_ref.select(rows).values is None
     with pytest.raises(ValueError, match="contiguous"):
         full.select(torch.tensor([0, 2, 1, 3]))  # splits and interleaves groups
     with pytest.raises(ValueError, match="same size"):

@@ -15,13 +15,14 @@ comparison tables and the map of methods; later chapters register more entries. 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ._checks import check_positive_int
-from .reward_side import broadcast_to_tokens, leave_one_out_baseline
+from .reward_side import broadcast_to_tokens, clipped_value_loss, gae, kl_shaped_rewards, leave_one_out_baseline, whiten
 from .rollout import RolloutBatch
 from .trajectory_side import pg_surrogate, ppo_clip_loss, ppo_kl_penalty_loss
 
@@ -38,6 +39,10 @@ __all__ = [
     "reinforce_loss",
     "ppo_loss",
     "ppo_kl_loss",
+    "rlhf_gae",
+    "rlhf_advantages",
+    "rlhf_value_targets",
+    "rlhf_ppo",
 ]
 
 #: The two factors a method can change.
@@ -62,6 +67,11 @@ class Method:
     ``references.bib`` key; why: the problem the change addresses; unsolved: what it leaves open;
     trl, verl: the closest names in those frameworks (None where there is none); section: the label of
     the book section that derives it.
+
+    Methods with a critic (a learned value model) also give value_targets (the batch -> the critic's
+    regression targets ``(B, T)``) and value_loss (``(values (B, T) with gradient, batch, targets)`` -> the
+    critic's loss); :func:`policygrad.train.train` then keeps a critic, puts its values of the sampled states in
+    ``batch.values`` before the advantages are computed, and trains it alongside the policy.
     """
 
     name: str
@@ -79,7 +89,14 @@ class Method:
     trl: str | None = None
     verl: str | None = None
     section: str = ""
+    value_targets: AdvantageFn | None = None
+    value_loss: Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def needs_critic(self) -> bool:
+        """Whether the method trains a value model (it defines value_targets and value_loss)."""
+        return self.value_loss is not None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -91,6 +108,11 @@ class Method:
         bad = [s for s in self.changes if s not in SIDES]
         if bad or len(set(self.changes)) != len(self.changes):
             raise ValueError(f"changes must be distinct entries of {SIDES}, got {self.changes!r}")
+        if (self.value_targets is None) != (self.value_loss is None):
+            raise ValueError("a method with a critic needs both value_targets and value_loss (or neither)")
+        for attr in ("value_targets", "value_loss"):
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise ValueError(f"{attr} must be a callable or None")
 
 
 #: The registry: name -> :class:`Method`.
@@ -252,3 +274,95 @@ register(
         section="",
     )
 )
+
+
+# ------------------------------------------------------------------------------------------------------
+# RLHF-style PPO: a critic, token-level GAE, the reference KL in the reward, whitened advantages
+# ------------------------------------------------------------------------------------------------------
+def rlhf_gae(
+    batch: RolloutBatch, *, beta: float = 0.05, kl_kind: str = "k1", gamma: float = 1.0, lam: float = 0.95
+) -> torch.Tensor:
+    """Token-level GAE on the KL-shaped rewards of the language-model MDP, before any whitening. ``(B, T)``.
+
+    Per-token rewards: the outcome reward on the last trained token, minus :math:`\\beta\\,k_t` on every trained
+    token (:func:`policygrad.reward_side.kl_shaped_rewards`, k1 by default, from ``batch.old_log_probs`` and
+    ``batch.ref_log_probs``); then :func:`policygrad.reward_side.gae` with the critic's ``batch.values``. The
+    state after the last token is terminal (value 0), truncated completions included: their outcome reward is
+    final. Derived in chapter 6 (RLHF-style PPO).
+    """
+    if batch.values is None:
+        raise ValueError("RLHF-style PPO needs a critic: batch.values is None (train() fills it for critic methods)")
+    if beta > 0 and batch.ref_log_probs is None:
+        raise ValueError("a KL penalty in the reward needs batch.ref_log_probs")
+    m = batch.loss_mask
+    ref = batch.old_log_probs if batch.ref_log_probs is None else batch.ref_log_probs
+    outcome = batch.sequence_rewards
+    rewards = kl_shaped_rewards(outcome, batch.old_log_probs, ref, m, beta=beta, kind=kl_kind)
+    return gae(rewards, batch.values * m, m, gamma=gamma, lam=lam)
+
+
+def rlhf_advantages(batch: RolloutBatch, *, whiten_advantages: bool = True, **gae_options) -> torch.Tensor:
+    """The policy's advantages: :func:`rlhf_gae`, whitened over the batch's trained tokens
+    (:func:`policygrad.reward_side.whiten`) unless ``whiten_advantages=False``. ``(B, T)``."""
+    adv = rlhf_gae(batch, **gae_options)
+    return whiten(adv, batch.loss_mask) if whiten_advantages else adv
+
+
+def rlhf_value_targets(batch: RolloutBatch, **gae_options) -> torch.Tensor:
+    """The critic's regression targets: the GAE(λ) returns :math:`\\hat A_t + V_\\text{old}(s_t)` (unwhitened). ``(B, T)``."""
+    return (rlhf_gae(batch, **gae_options) + batch.values) * batch.loss_mask
+
+
+def _rlhf_value_loss(values: torch.Tensor, batch: RolloutBatch, targets: torch.Tensor, *, clip: float | None) -> torch.Tensor:
+    return clipped_value_loss(values, batch.values, targets, batch.loss_mask, clip=clip)
+
+
+def _ppo_loss_eps(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor, *, eps: float):
+    return ppo_clip_loss(logp, batch.old_log_probs, advantages, batch.loss_mask, eps_low=eps)
+
+
+def rlhf_ppo(
+    name: str = "ppo_rlhf",
+    *,
+    beta: float = 0.05,
+    kl_kind: str = "k1",
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten_advantages: bool = True,
+    eps: float = 0.2,
+    value_clip: float | None = 0.2,
+    inner_epochs: int = 4,
+    minibatches: int = 4,
+) -> Method:
+    """Build an RLHF-style PPO :class:`Method` (not registered; :func:`register` it to train by name).
+
+    Reward side: :func:`rlhf_advantages` (the critic, GAE(γ, λ), the reference KL ``beta``·``kl_kind`` in the
+    reward, whitening); trajectory side: the PPO clip with ``eps``, token-mean; the critic regresses on
+    :func:`rlhf_value_targets` with PPO's clipped value loss (``value_clip``). Defaults follow Ziegler et al.
+    (2019) and Ouyang et al. (2022) as far as they apply to a 0/1 outcome reward.
+    """
+    gae_options = {"beta": beta, "kl_kind": kl_kind, "gamma": gamma, "lam": lam}
+    return Method(
+        name=name,
+        title=f"PPO with a critic, GAE and the reference KL in the reward (RLHF-style, beta = {beta:g})",
+        advantages=functools.partial(rlhf_advantages, whiten_advantages=whiten_advantages, **gae_options),
+        loss=functools.partial(_ppo_loss_eps, eps=eps),
+        value_targets=functools.partial(rlhf_value_targets, **gae_options),
+        value_loss=functools.partial(_rlhf_value_loss, clip=value_clip),
+        inner_epochs=inner_epochs,
+        minibatches=minibatches,
+        needs_reference=beta > 0,
+        changes=("reward", "trajectory"),
+        paper="ouyang2022",
+        why="a learned critic gives every token its own baseline V(s_t), GAE trades its bias against variance, "
+        "and the KL in the reward keeps the policy near the reference; the clip lets each batch be reused",
+        unsolved="a second network as large as the policy to train and store; the critic is wrong early in "
+        "training, which biases the advantages; with one reward at the end, the critic has little to learn from",
+        trl="experimental PPOTrainer (kl_coef, vf_coef, cliprange_value, gamma, lam, whiten_rewards)",
+        verl="adv_estimator=gae, use_kl_in_reward=True (kl_ctrl.kl_coef), critic",
+        section="",
+        extra=dict(gae_options, whiten_advantages=whiten_advantages, eps=eps, value_clip=value_clip),
+    )
+
+
+register(rlhf_ppo())

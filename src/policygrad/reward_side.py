@@ -26,6 +26,7 @@ __all__ = [
     "kl_shaped_rewards",
     "whiten",
     "clipped_value_loss",
+    "explained_variance",
 ]
 
 
@@ -410,3 +411,32 @@ def clipped_value_loss(
         loss = torch.maximum(loss, (clipped - G) ** 2)
     n = m.sum()
     return 0.5 * (loss * m).sum() / n.clamp_min(1.0)
+
+
+def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """How much of the variance of the critic's regression targets its values explain, over masked tokens:
+    :math:`1 - \\mathrm{Var}[G - V] / \\mathrm{Var}[G]`.
+
+    1 means the critic predicts every target; 0 means it does no better than a constant; negative means
+    worse than a constant. values, targets, mask: ``(B, T)``. Defined as 0 when the targets have no variance
+    (or the mask selects fewer than two tokens), so the metric is never NaN. Derived in chapter 6
+    (RLHF-style PPO).
+    """
+    check_tensor(values, "values", 2)
+    check_tensor(targets, "targets", 2)
+    if targets.shape != values.shape:
+        raise ValueError(f"targets must have the shape of values {tuple(values.shape)}, got {tuple(targets.shape)}")
+    check_finite(values, "values")
+    check_finite(targets, "targets")
+    m = _check_seq_mask(mask, values.shape[0])
+    if m.shape != values.shape:
+        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
+    sel = m.detach().bool()
+    if int(sel.sum()) < 2:
+        return 0.0
+    g = targets.detach()[sel].double()
+    v = values.detach()[sel].double()
+    var_g = g.var(unbiased=False)
+    if float(var_g) <= 1e-12:
+        return 0.0
+    return float(1.0 - (g - v).var(unbiased=False) / var_g)

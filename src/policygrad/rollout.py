@@ -95,7 +95,9 @@ class RolloutBatch:
     * ``rewards (B,)`` outcome rewards, or ``(B, T)`` per-step rewards (0 where ``mask`` is 0);
     * ``group_ids (B,)``: integer id of the prompt each row was sampled for. Rows of a group are
       contiguous and every group has the same size ``G`` (:attr:`group_size`);
-    * ``truncated (B,)``: True where the completion hit the length limit before EOS.
+    * ``truncated (B,)``: True where the completion hit the length limit before EOS;
+    * ``values (B, T)`` or None: a critic's :math:`V(s_t)` at sampling time (methods with a value model;
+      0 on padding).
 
     Everything is validated on construction (ValueError naming the field): shapes, 0/1 masks, the
     loss mask inside the mask, finite rewards and log-probabilities, equal contiguous groups. A row whose
@@ -112,6 +114,7 @@ class RolloutBatch:
     rewards: torch.Tensor
     group_ids: torch.Tensor
     truncated: torch.Tensor
+    values: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_tensor(self.completions, "completions", 2)
@@ -151,6 +154,11 @@ class RolloutBatch:
         check_tensor(self.truncated, "truncated", 1)
         if self.truncated.shape[0] != B or self.truncated.dtype != torch.bool:
             raise ValueError(f"truncated must be a bool tensor of shape ({B},)")
+        if self.values is not None:
+            check_tensor(self.values, "values", 2)
+            if tuple(self.values.shape) != (B, T) or not self.values.is_floating_point():
+                raise ValueError(f"values must be a floating-point tensor of shape {(B, T)}, got {tuple(self.values.shape)}")
+            check_finite(self.values, "values")
 
     @classmethod
     def from_samples(
@@ -161,10 +169,12 @@ class RolloutBatch:
         group_size: int = 1,
         ref_log_probs: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
     ) -> RolloutBatch:
         """Wrap sampler output: rows ``i*G .. i*G+G-1`` form group ``i`` (the layout of ``sample(group_size=G)``).
 
-        ``loss_mask`` defaults to the completion mask; ``old_log_probs`` are the sampler's log-probs.
+        ``loss_mask`` defaults to the completion mask; ``old_log_probs`` are the sampler's log-probs;
+        ``values`` are a critic's values of the sampled states (optional).
         """
         if not isinstance(samples, Samples):
             raise ValueError(f"samples must be a Samples, got {type(samples).__name__}")
@@ -183,6 +193,7 @@ class RolloutBatch:
             rewards=rewards,
             group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
             truncated=samples.truncated,
+            values=None if values is None else values.detach(),
         )
 
     def __len__(self) -> int:
@@ -226,4 +237,5 @@ class RolloutBatch:
             rewards=self.rewards[idx],
             group_ids=self.group_ids[idx],
             truncated=self.truncated[idx],
+            values=None if self.values is None else self.values[idx],
         )

@@ -24,7 +24,7 @@ from .exact import ExactProblem
 from .lm_tasks import Problem, Task, evaluate
 from .methods import Method, get_method
 from .policies import TabularPolicy, token_entropy, token_log_probs
-from .reward_side import TabularValue, leave_one_out_baseline, reinforce_weights
+from .reward_side import TabularValue, explained_variance, leave_one_out_baseline, reinforce_weights
 from .rollout import RolloutBatch
 from .trajectory_side import kl_loss, pg_surrogate
 
@@ -152,6 +152,9 @@ METRICS = {
     "grad_norm": "gradient norm before clipping (mean over the step's optimiser steps)",
     "loss": "the loss (= -surrogate), mean over the step's optimiser steps",
     "clip_frac": "fraction of trained tokens whose ratio was clipped (methods with a ratio)",
+    "approx_kl": "mean k3 estimate of KL(old policy || current policy) on the trained tokens (methods with a ratio)",
+    "value_loss": "the critic's loss, mean over the step's optimiser steps (methods with a critic)",
+    "explained_variance": "1 - Var[target - V] / Var[target] of the critic's values at sampling time (critic methods)",
     "seconds": "wall-clock seconds since training started (volatile: never print it in stored outputs)",
 }
 
@@ -251,6 +254,8 @@ def train(
     seed: int = 0,
     progress: bool = False,
     history: History | None = None,
+    critic: torch.nn.Module | None = None,
+    critic_lr: float | None = None,
 ) -> History:
     """Train a language-model ``policy`` (e.g. :class:`policygrad.TinyGPT`) on ``task`` with ``method``.
 
@@ -266,6 +271,12 @@ def train(
     Everything random comes from ``seed`` (problems and samples are drawn with one CPU generator), so a run
     is repeatable on CPU. Records the columns of :data:`METRICS` in a :class:`History` (``history`` to
     append to an existing one). progress: show a tqdm bar.
+
+    Methods with a critic (:attr:`policygrad.methods.Method.needs_critic`): ``critic`` is the value model
+    (``critic(prompts, completions, group_size=G) -> (B, T)``; default
+    :meth:`policygrad.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own Adam at ``critic_lr``
+    (default ``lr``) on the method's value loss, in the same minibatches as the policy. Its values of the
+    sampled states go into ``batch.values`` before the advantages are computed.
     """
     if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
         raise ValueError("policy must be a torch.nn.Module with a sample(...) method, e.g. a TinyGPT")
@@ -295,6 +306,22 @@ def train(
         raise ValueError("reference must be a policy like the trained one (with token_log_probs_and_entropy)")
     if eval_every is not None and eval_problems is None:
         eval_problems = task.eval_set(240)
+    if critic_lr is not None and (
+        isinstance(critic_lr, bool) or not isinstance(critic_lr, (int, float)) or not math.isfinite(critic_lr)
+        or critic_lr <= 0
+    ):
+        raise ValueError(f"critic_lr must be a positive number or None, got {critic_lr!r}")
+    if critic is not None and not method.needs_critic:
+        raise ValueError(f"method {method.name!r} has no critic; do not pass one")
+    if method.needs_critic:
+        if critic is None:
+            from .tinygpt import TinyGPT, TinyGPTCritic
+
+            if not isinstance(policy, TinyGPT):
+                raise ValueError(f"method {method.name!r} needs a critic: pass critic=... for a non-TinyGPT policy")
+            critic = TinyGPTCritic.from_policy(policy)
+        if not isinstance(critic, torch.nn.Module):
+            raise ValueError(f"critic must be a torch.nn.Module, got {type(critic).__name__}")
 
     device = next(policy.parameters()).device
     if reference is None:
@@ -302,6 +329,7 @@ def train(
     reference.eval().requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=critic_lr or lr) if critic is not None else None
     hist = History() if history is None else history
     step0 = hist.rows[-1]["step"] if hist.rows else 0
     samples_seen = hist.rows[-1].get("samples", 0) if hist.rows else 0
@@ -327,12 +355,22 @@ def train(
         rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
         with torch.no_grad():
             ref_logp = token_log_probs(reference(samples.prompts, samples.completions, group_size=G), samples.completions)
-        batch = RolloutBatch.from_samples(samples, rewards, group_size=G, ref_log_probs=ref_logp * samples.mask)
-        # 3. advantages (reward side)
+        values = None
+        if critic is not None:  # the critic's values of the sampled states, before any update
+            critic.eval()
+            with torch.no_grad():
+                values = critic(samples.prompts, samples.completions, group_size=G) * samples.mask
+        batch = RolloutBatch.from_samples(
+            samples, rewards, group_size=G, ref_log_probs=ref_logp * samples.mask, values=values
+        )
+        # 3. advantages (reward side), and the critic's regression targets
         adv = method.advantages(batch)
+        targets = method.value_targets(batch).detach() if critic is not None else None
         # 4. loss (trajectory side), inner epochs x minibatches
         policy.train()
-        losses, norms, stats_acc, entropy = [], [], {}, None
+        losses, norms, value_losses, stats_acc, entropy = [], [], [], {}, None
+        if critic is not None:
+            critic.train()
         for _ in range(epochs):
             order = torch.randperm(prompts_per_step, generator=g) if n_mb > 1 else torch.arange(prompts_per_step)
             for chunk in order.chunk(n_mb):
@@ -351,6 +389,14 @@ def train(
                 norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)))
                 opt.step()
                 losses.append(loss.item())
+                if critic is not None:  # the critic's step on the same minibatch
+                    v = critic(mb.prompts, mb.completions, group_size=G)
+                    vloss = method.value_loss(v, mb, targets if n_mb == 1 else targets[rows])
+                    critic_opt.zero_grad()
+                    vloss.backward()
+                    torch.nn.utils.clip_grad_norm_(critic.parameters(), clip)
+                    critic_opt.step()
+                    value_losses.append(vloss.item())
                 for k, v in stats.items():
                     stats_acc.setdefault(k, []).append(float(v))
         samples_seen += len(batch)
@@ -368,6 +414,9 @@ def train(
         row["grad_norm"] = sum(norms) / len(norms)
         row["loss"] = sum(losses) / len(losses)
         row.update({k: sum(v) / len(v) for k, v in stats_acc.items()})
+        if critic is not None:
+            row["value_loss"] = sum(value_losses) / len(value_losses)
+            row["explained_variance"] = explained_variance(batch.values, targets, batch.loss_mask)
         if eval_every is not None and (i % eval_every == 0 or i == steps):
             row["heldout_accuracy"] = heldout()
         row["seconds"] = time.perf_counter() - t0
@@ -375,4 +424,6 @@ def train(
         if progress:
             bar.set_postfix(reward=f"{row['reward']:.3f}", refresh=False)
     policy.eval()
+    if critic is not None:
+        critic.eval()
     return hist
