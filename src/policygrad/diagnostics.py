@@ -23,6 +23,8 @@ __all__ = [
     "sampled_estimator",
     "exact_bias_variance",
     "method_gradient_estimator",
+    "REUSE_SURROGATES",
+    "reuse_gradients",
 ]
 
 
@@ -176,3 +178,47 @@ def method_gradient_estimator(
         return -flat_grad(loss, flat_params(policy)).detach()
 
     return estimate
+
+
+#: The surrogates :func:`reuse_gradients` compares.
+REUSE_SURROGATES = ("naive", "sequence_is", "token_is")
+
+
+def reuse_gradients(problem: ExactProblem, policy: torch.nn.Module, sampler: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What reusing a batch sampled by ``sampler`` estimates once ``policy`` has moved away from it: exact expected
+    gradients ``(P,)`` of three surrogates (the sampler's completions held fixed) next to :math:`\\nabla J(\\theta)`.
+
+    With :math:`x\\sim\\rho`, :math:`y\\sim p_\\text{old}` (the sampler) and the sampler's advantage
+    :math:`A = R(x, y) - J(\\theta_\\text{old})`:
+
+    * ``"naive"``: :math:`\\mathbb E_\\text{old}[A \\log p_\\theta(y\\mid x)]` — the REINFORCE surrogate, no correction;
+    * ``"sequence_is"``: :math:`\\mathbb E_\\text{old}[\\tfrac{p_\\theta(y\\mid x)}{p_\\text{old}(y\\mid x)} A]` — sequence-level
+      importance sampling, whose gradient is :math:`\\nabla J(\\theta)` exactly;
+    * ``"token_is"``: :math:`\\mathbb E_\\text{old}[\\sum_t m_t \\tfrac{\\pi_\\theta(y_t\\mid s_t)}{\\pi_\\text{old}(y_t\\mid s_t)} A]` — PPO's
+      unclipped surrogate with token ratios summed over the completion;
+    * ``"exact"``: :math:`\\nabla J(\\theta)`.
+
+    At ``policy == sampler`` all four are equal. Derived in chapter 5 (importance sampling, TRPO and PPO).
+    """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+    for name, m in (("policy", policy), ("sampler", sampler)):
+        if not isinstance(m, torch.nn.Module):
+            raise ValueError(f"{name} must be a torch.nn.Module policy, got {type(m).__name__}")
+    params = flat_params(policy)
+    with torch.no_grad():
+        old_tok = problem.token_log_probs(sampler)  # (N, K, L)
+        A = problem.returns().to(old_tok.dtype) - problem.objective(sampler)  # (N, K)
+        weight = problem.prompt_probs.to(old_tok.dtype).unsqueeze(1) * old_tok.sum(-1).exp()  # rho(x) p_old(y|x)
+    m = problem.mask.to(old_tok.dtype)
+    surrogates = {
+        "naive": lambda tok: tok.sum(-1) * A,
+        "sequence_is": lambda tok: (tok.sum(-1) - old_tok.sum(-1)).exp() * A,
+        "token_is": lambda tok: ((tok - old_tok).exp() * m).sum(-1) * A,
+    }
+    out = {}
+    for name in REUSE_SURROGATES:  # one forward each: every gradient needs its own graph
+        value = (weight * surrogates[name](problem.token_log_probs(policy))).sum()
+        out[name] = flat_grad(value, params).detach()
+    out["exact"] = problem.gradient(policy)
+    return out
