@@ -8,6 +8,7 @@ Modules are organised by the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\
 from . import (
     diagnostics,
     exact,
+    kl_exact,
     lm_tasks,
     methods,
     plotting,
@@ -19,6 +20,7 @@ from . import (
     tinygpt,
     train,
     trajectory_side,
+    trust_region,
 )
 from .exact import ExactProblem, enumerate_completions
 from .methods import Method, get_method
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "diagnostics",
     "exact",
+    "kl_exact",
     "lm_tasks",
     "methods",
     "plotting",
@@ -45,6 +48,7 @@ __all__ = [
     "tinygpt",
     "train",
     "trajectory_side",
+    "trust_region",
     "ExactProblem",
     "enumerate_completions",
     "TabularPolicy",

@@ -10,6 +10,7 @@ same code runs on the tabular policy and on a transformer. Derived in {ref}`sec-
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,6 +21,7 @@ from .policies import token_log_probs
 
 __all__ = [
     "MAX_ENUMERATION",
+    "MAX_FISHER_PARAMS",
     "enumerate_completions",
     "ExactProblem",
     "flat_params",
@@ -29,6 +31,9 @@ __all__ = [
 
 #: Largest number of (prompt, completion) pairs an enumeration may have.
 MAX_ENUMERATION = 250_000
+
+#: Largest parameter count :meth:`ExactProblem.fisher` forms a dense ``(P, P)`` matrix for (3.2 GB in float64).
+MAX_FISHER_PARAMS = 20_000
 
 
 def enumerate_completions(
@@ -348,6 +353,88 @@ class ExactProblem:
         mean = (w * g).sum((0, 1))
         second = (w.squeeze(-1) * (g**2).sum(-1)).sum()
         return mean, float(second - (mean**2).sum())
+
+    # -- trust-region quantities: the Fisher metric and the importance weight ---------------------------
+    def fisher(self, policy: torch.nn.Module) -> torch.Tensor:
+        """Exact Fisher information :math:`F=\\sum_x\\rho(x)\\sum_y p_\\theta(y\\mid x)\\, s\\,s^\\top` as ``(P, P)``.
+
+        :math:`s=\\nabla_\\theta\\log p_\\theta(y\\mid x)` is the score of the whole completion, in the
+        order of :func:`flat_params`. :math:`F` is the Hessian of
+        :math:`\\theta\\mapsto\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\,\\|\\,p_\\theta)` at
+        :math:`\\theta=\\theta_\\text{old}`: the metric of the trust region (see :mod:`policygrad.trust_region`).
+        Symmetric positive semi-definite; directions that shift a softmax row by a constant are in its null space.
+        Raises ValueError if ``P > MAX_FISHER_PARAMS``: the dense matrix needs ``P**2`` numbers (use
+        :func:`policygrad.trust_region.fisher_vector_product` instead).
+        """
+        params = flat_params(policy)
+        P = sum(p.numel() for p in params)
+        if P > MAX_FISHER_PARAMS:
+            raise ValueError(
+                f"policy has {P} parameters; a dense Fisher needs P**2 = {P * P} numbers of memory "
+                f"(limit P <= {MAX_FISHER_PARAMS}); use trust_region.fisher_vector_product instead"
+            )
+        ones = torch.ones(self.num_prompts, self.num_completions, dtype=params[0].dtype)
+        s = self.per_sample_gradients(policy, ones).reshape(-1, P)  # (N*K, P)
+        with torch.no_grad():
+            w = (self.prompt_probs.to(s.device).unsqueeze(1) * self.probs(policy)).reshape(-1, 1).to(s.dtype)
+        F = s.T @ (w * s)
+        return 0.5 * (F + F.T)  # exactly symmetric (the two halves differ only by rounding)
+
+    def importance_weight_stats(self, policy: torch.nn.Module, sampler: torch.nn.Module) -> dict:
+        """Exact statistics of the sequence importance weight :math:`w=p_\\theta(y\\mid x)/q(y\\mid x)`, :math:`y\\sim q`.
+
+        ``q`` is ``sampler``'s completion distribution. Per prompt (tensors ``(N,)``):
+
+        * ``mean_per_prompt``: :math:`\\mathbb E_q[w]=\\sum_{y:\\,q>0}p_\\theta`, exactly 1 when :math:`q>0`
+          wherever :math:`p_\\theta>0` (below 1 otherwise: importance sampling then misses that mass);
+        * ``second_moment_per_prompt``: :math:`\\mathbb E_q[w^2]=\\sum_y p_\\theta^2/q`;
+        * ``variance_per_prompt``: :math:`\\mathrm{Var}_q[w]`, the :math:`\\chi^2(p_\\theta\\,\\|\\,q)` divergence
+          :math:`\\sum_y p_\\theta^2/q-1` when the supports match;
+        * ``ess_fraction_per_prompt``: the effective-sample-size fraction
+          :math:`\\mathbb E_q[w]^2/\\mathbb E_q[w^2]` (Kish), :math:`=1/(1+\\mathrm{Var})` when the mean is 1:
+          ``n`` weighted samples are worth about ``n * ess_fraction`` samples from :math:`p_\\theta`;
+        * ``kl_policy_sampler_per_prompt``: :math:`\\mathrm{KL}(p_\\theta\\,\\|\\,q)`;
+        * ``kl_sampler_policy_per_prompt``: :math:`\\mathrm{KL}(q\\,\\|\\,p_\\theta)`.
+
+        The same keys without ``_per_prompt`` are Python floats for the weight of a pair :math:`(x,y)` drawn
+        as :math:`x\\sim\\rho`, :math:`y\\sim q(\\cdot\\mid x)` (:math:`x` has the same law under both, so
+        :math:`w` is unchanged): ``mean`` and ``second_moment`` are :math:`\\rho`-averages, ``variance`` is
+        ``second_moment - mean**2`` and ``ess_fraction`` is ``mean**2 / second_moment``; the two KLs are
+        :math:`\\rho`-averages. Computed in log space: :math:`\\log\\mathbb E_q[w^2]=\\operatorname{logsumexp}_y
+        (2\\log p_\\theta-\\log q)`. No gradient flows.
+        """
+        for name, module in (("policy", policy), ("sampler", sampler)):
+            if not isinstance(module, torch.nn.Module):
+                raise ValueError(f"{name} must be a torch.nn.Module, got {type(module).__name__}")
+        with torch.no_grad():
+            logp = self.log_probs(policy)
+            logq = self.log_probs(sampler).to(device=logp.device, dtype=logp.dtype)
+            seen = logq > -math.inf  # completions the sampler can produce
+            neg_inf = torch.full_like(logp, -math.inf)
+            mean = torch.logsumexp(torch.where(seen, logp, neg_inf), -1).exp()
+            second = torch.logsumexp(torch.where(seen, 2 * logp - logq, neg_inf), -1).exp()
+            p, q = logp.exp(), logq.exp()
+            kl_pq = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+            kl_qp = torch.where(q > 0, q * (logq - logp), torch.zeros_like(q)).sum(-1)
+            rho = self.prompt_probs.to(device=logp.device, dtype=logp.dtype)
+            out = {
+                "mean_per_prompt": mean,
+                "second_moment_per_prompt": second,
+                "variance_per_prompt": second - mean**2,
+                "ess_fraction_per_prompt": mean**2 / second,
+                "kl_policy_sampler_per_prompt": kl_pq,
+                "kl_sampler_policy_per_prompt": kl_qp,
+            }
+            m, m2 = float((rho * mean).sum()), float((rho * second).sum())
+            out.update(
+                mean=m,
+                second_moment=m2,
+                variance=m2 - m**2,
+                ess_fraction=m**2 / m2,
+                kl_policy_sampler=float((rho * kl_pq).sum()),
+                kl_sampler_policy=float((rho * kl_qp).sum()),
+            )
+        return out
 
 
 def objective_landscape(

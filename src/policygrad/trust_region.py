@@ -1,0 +1,311 @@
+"""Trust regions: the KL-constrained step, the natural gradient and TRPO.
+
+A gradient step :math:`\\theta+\\eta g` is measured in parameter space, but what matters is how far the
+*distribution* moves: the same :math:`\\Delta\\theta` can barely change one softmax and collapse another.
+Measuring the step by the KL divergence of the completion distributions instead gives the problem
+
+.. math::
+
+    \\max_\\Delta\\; g^\\top\\Delta \\quad\\text{s.t.}\\quad
+    \\mathbb E_{x\\sim\\rho}\\,\\mathrm{KL}\\big(p_{\\theta}\\,\\|\\,p_{\\theta+\\Delta}\\big)\\le\\delta .
+
+Near :math:`\\Delta=0` the KL is :math:`\\tfrac12\\Delta^\\top F\\Delta+O(\\|\\Delta\\|^3)` with :math:`F` the
+Fisher information (:meth:`policygrad.ExactProblem.fisher`): the KL has value 0 and gradient 0 at
+:math:`\\Delta=0`, and its Hessian there is :math:`F`. With that quadratic model the Lagrangian gives the
+step :math:`\\Delta=\\sqrt{2\\delta/(d^\\top F d)}\\,d` along the *natural gradient* :math:`d=F^{-1}g`
+(:func:`natural_gradient`, :func:`kl_constrained_step`). The natural gradient does not depend on how the
+policy is parametrised; for a tabular softmax bandit it is exactly the advantage, not the advantage
+scaled by :math:`\\rho(x)\\pi(a\\mid x)` as the plain gradient is (Kakade).
+
+TRPO makes this work for a network with millions of parameters, where :math:`F` cannot be formed:
+
+1. :math:`F v` is the Hessian-vector product of the KL at :math:`\\theta_\\text{old}`, two backward passes
+   (:func:`fisher_vector_product`);
+2. :math:`d=F^{-1}g` is found with a few conjugate-gradient iterations that only use :math:`F v`
+   (:func:`conjugate_gradient`);
+3. because the quadratic model is only a model, a backtracking line search shrinks the step until the
+   *actual* KL is within :math:`\\delta` and the objective improves (:func:`trpo_line_search`).
+
+PPO (in :mod:`policygrad.trajectory_side`) replaces all of this by clipping the importance ratio.
+Derived in chapter 5 (importance sampling, TRPO and PPO).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+
+from ._checks import check_finite, check_positive_int, check_tensor
+from .exact import ExactProblem, flat_grad, flat_params
+
+__all__ = [
+    "natural_gradient",
+    "conjugate_gradient",
+    "fisher_vector_product",
+    "kl_constrained_step",
+    "get_flat_params",
+    "set_flat_params",
+    "apply_flat_step",
+    "trpo_line_search",
+]
+
+
+# -- validation ---------------------------------------------------------------------------------------------
+def _check_number(value, name: str, *, positive: bool = False) -> float:
+    """A finite real number that is >= 0 (or > 0 with ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def _check_vector(v, name: str, size: int | None = None) -> torch.Tensor:
+    check_tensor(v, name, 1)
+    if size is not None and v.shape[0] != size:
+        raise ValueError(f"{name} must have shape ({size},), got {tuple(v.shape)}")
+    return check_finite(v, name)
+
+
+def _check_fisher(fisher, name: str = "fisher") -> torch.Tensor:
+    check_tensor(fisher, name, 2)
+    if fisher.shape[0] != fisher.shape[1]:
+        raise ValueError(f"{name} must be square (P, P), got {tuple(fisher.shape)}")
+    check_finite(fisher, name)
+    scale = float(fisher.abs().max()) if fisher.numel() else 0.0
+    tol = 1e3 * torch.finfo(fisher.dtype).eps * max(scale, 1e-300)
+    if float((fisher - fisher.T).abs().max()) > tol:
+        raise ValueError(f"{name} must be symmetric (a Fisher matrix is); max |F - F^T| exceeds {tol:.3g}")
+    return fisher
+
+
+def _check_problem(problem) -> ExactProblem:
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+    return problem
+
+
+def _num_params(policy: torch.nn.Module) -> int:
+    if not isinstance(policy, torch.nn.Module):
+        raise ValueError(f"policy must be a torch.nn.Module, got {type(policy).__name__}")
+    return sum(p.numel() for p in flat_params(policy))
+
+
+# -- the natural gradient ---------------------------------------------------------------------------------
+def natural_gradient(fisher: torch.Tensor, grad: torch.Tensor, *, damping: float = 1e-3) -> torch.Tensor:
+    """The natural gradient :math:`d=(F+\\lambda I)^{-1}g`, ``(P, P), (P,) -> (P,)``.
+
+    With ``damping`` :math:`\\lambda>0` this solves the (then invertible) damped system. With ``damping=0``
+    it returns :math:`F^{+}g` with the pseudo-inverse: :math:`F` of a softmax policy is always singular
+    (shifting a row of logits by a constant changes nothing), and :math:`F^+g` is the solution of
+    :math:`Fd=g` with no component along those null directions. Eigenvalues below
+    ``rtol = sqrt(eps) * max eigenvalue`` count as zero (``eps`` of the dtype: about ``1.5e-8`` in float64,
+    ``3.5e-4`` in float32); rounding leaves the exact null directions near ``P * eps * max eigenvalue``, far
+    below that.
+    """
+    _check_fisher(fisher)
+    _check_vector(grad, "grad", fisher.shape[0])
+    damping = _check_number(damping, "damping")
+    grad = grad.to(fisher.dtype)
+    if damping > 0:
+        eye = torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
+        return torch.linalg.solve(fisher + damping * eye, grad)
+    rtol = torch.finfo(fisher.dtype).eps ** 0.5
+    return torch.linalg.pinv(fisher, rtol=rtol, hermitian=True) @ grad
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, iters: int = 10, tol: float = 1e-10
+) -> torch.Tensor:
+    """Solve :math:`Ax=b` for symmetric positive-definite :math:`A` given only ``matvec(v) = A v``.
+
+    The textbook conjugate-gradient method: start at :math:`x=0`, and at each iteration move along a search
+    direction that is :math:`A`-conjugate to all previous ones. In exact arithmetic it solves a ``P``-dim
+    system in at most ``P`` iterations, and a few iterations already capture the large-curvature directions
+    (TRPO uses 10). Stops after ``iters`` iterations or once the residual :math:`\\|b-Ax\\|\\le`
+    ``tol`` :math:`\\cdot\\|b\\|`. Raises ValueError if :math:`A` shows non-positive curvature.
+    """
+    if not callable(matvec):
+        raise ValueError(f"matvec must be callable (v -> A v), got {type(matvec).__name__}")
+    _check_vector(b, "b")
+    check_positive_int(iters, "iters")
+    tol = _check_number(tol, "tol")
+    x = torch.zeros_like(b)
+    r = b.clone()  # residual b - A x
+    p = r.clone()  # search direction
+    rr = r @ r
+    stop = (tol * b.norm()) ** 2
+    for _ in range(iters):
+        if rr <= stop:
+            break
+        Ap = matvec(p)
+        if not isinstance(Ap, torch.Tensor) or Ap.shape != b.shape:
+            raise ValueError(f"matvec must return a tensor of shape {tuple(b.shape)}")
+        pAp = p @ Ap
+        if not pAp > 0:
+            raise ValueError(f"matvec is not positive definite: p^T A p = {float(pAp):.3g} along a CG direction")
+        alpha = rr / pAp
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def fisher_vector_product(
+    problem: ExactProblem, policy: torch.nn.Module, v: torch.Tensor, *, damping: float = 0.0
+) -> torch.Tensor:
+    """:math:`(F+\\lambda I)v` without forming :math:`F`: TRPO's Hessian-vector product of the KL. ``(P,) -> (P,)``.
+
+    Let :math:`\\theta_\\text{old}` be the current parameters, held as a constant, and
+    :math:`f(\\theta)=\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\|p_\\theta)
+    =\\mathbb E\\big[\\sum_y p_\\text{old}(\\log p_\\text{old}-\\log p_\\theta)\\big]`. Its Hessian is
+    :math:`-\\mathbb E\\sum_y p_\\text{old}\\nabla^2\\log p_\\theta`, and since
+    :math:`\\nabla^2\\log p=\\nabla^2 p/p-ss^\\top` and :math:`\\sum_y\\nabla^2 p_\\theta=\\nabla^2 1=0`, at
+    :math:`\\theta=\\theta_\\text{old}` it is :math:`\\mathbb E\\sum_y p\\,ss^\\top=F`. So
+    :math:`Fv=\\nabla_\\theta\\big(\\nabla_\\theta f\\cdot v\\big)`: one backward pass with ``create_graph``,
+    a dot product with the constant ``v``, and a second backward pass. Memory stays :math:`O(P)`.
+    ``v`` is in the order of :func:`policygrad.exact.flat_params`; the policy is not changed.
+    """
+    _check_problem(problem)
+    P = _num_params(policy)
+    _check_vector(v, "v", P)
+    damping = _check_number(damping, "damping")
+    params = flat_params(policy)
+    v = v.detach().to(dtype=params[0].dtype, device=params[0].device)
+    logp = problem.log_probs(policy)  # (N, K), a function of theta
+    logp_old = logp.detach()  # theta_old: the same numbers, held constant
+    kl = (logp_old.exp() * (logp_old - logp)).sum(-1)
+    f = (problem.prompt_probs.to(kl) * kl).sum()
+    grad = flat_grad(f, params, create_graph=True)  # = 0 at theta_old, but its graph is what we need
+    Fv = flat_grad(grad @ v, params)
+    return Fv.detach() + damping * v
+
+
+def kl_constrained_step(
+    fisher_or_matvec: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    grad: torch.Tensor,
+    max_kl: float,
+    *,
+    damping: float = 1e-3,
+    cg_iters: int = 10,
+) -> tuple[torch.Tensor, dict]:
+    """The step that maximises :math:`g^\\top\\Delta` subject to the quadratic KL model :math:`\\tfrac12\\Delta^\\top F\\Delta=\\delta`.
+
+    ``fisher_or_matvec`` is the ``(P, P)`` Fisher matrix, or a callable ``v -> F v`` (for example
+    ``lambda v: fisher_vector_product(problem, policy, v)``), both *undamped*. The direction is
+    :math:`d=(F+\\lambda I)^{-1}g`: by :func:`natural_gradient` for a matrix, by :func:`conjugate_gradient`
+    with ``cg_iters`` iterations for a callable. The damping :math:`\\lambda` only regularises the direction;
+    the length uses the undamped :math:`F`: :math:`\\Delta=\\sqrt{2\\delta/(d^\\top Fd)}\\,d`, so the quadratic
+    model of the KL is exactly ``max_kl``. The true KL differs by :math:`O(\\delta^{3/2})`.
+
+    Returns ``(step (P,), info)`` with info keys ``predicted_kl`` (:math:`\\tfrac12\\Delta^\\top F\\Delta`),
+    ``step_size`` (the factor :math:`\\sqrt{2\\delta/d^\\top Fd}`), ``direction_norm`` (:math:`\\|d\\|`) and
+    ``predicted_improvement`` (:math:`g^\\top\\Delta`, the linear model of the gain). If :math:`d^\\top Fd\\le0`
+    (a zero gradient, or one in the null space of :math:`F`) there is nowhere to go: the step is zero.
+    """
+    check_tensor(grad, "grad", 1)
+    P = grad.shape[0]
+    max_kl = _check_number(max_kl, "max_kl", positive=True)
+    damping = _check_number(damping, "damping")
+    check_positive_int(cg_iters, "cg_iters")
+    if isinstance(fisher_or_matvec, torch.Tensor):
+        fisher = _check_fisher(fisher_or_matvec, "fisher_or_matvec")
+        if fisher.shape[0] != P:
+            raise ValueError(f"fisher_or_matvec must have shape ({P}, {P}) to match grad, got {tuple(fisher.shape)}")
+
+        def matvec(v):
+            return fisher @ v
+
+        _check_vector(grad, "grad", P)
+        d = natural_gradient(fisher, grad, damping=damping)
+    elif callable(fisher_or_matvec):
+        matvec = fisher_or_matvec
+        _check_vector(grad, "grad", P)
+        d = conjugate_gradient(lambda v: matvec(v) + damping * v, grad, iters=cg_iters)
+    else:
+        raise ValueError(
+            f"fisher_or_matvec must be a (P, P) tensor or a callable v -> F v, got {type(fisher_or_matvec).__name__}"
+        )
+    dFd = float(d @ matvec(d))
+    scale = math.sqrt(2 * max_kl / dFd) if dFd > 0 else 0.0
+    step = scale * d
+    info = {
+        "predicted_kl": 0.5 * scale**2 * dFd if dFd > 0 else 0.0,
+        "step_size": scale,
+        "direction_norm": float(d.norm()),
+        "predicted_improvement": float(grad.to(step) @ step),
+    }
+    return step, info
+
+
+# -- moving the parameters ----------------------------------------------------------------------------------
+def get_flat_params(policy: torch.nn.Module) -> torch.Tensor:
+    """A detached copy of the parameters as one flat vector ``(P,)`` in :func:`~policygrad.exact.flat_params` order."""
+    _num_params(policy)
+    return torch.cat([p.detach().reshape(-1) for p in flat_params(policy)]).clone()
+
+
+def set_flat_params(policy: torch.nn.Module, flat: torch.Tensor) -> None:
+    """Overwrite the parameters with a flat vector ``(P,)`` (the inverse of :func:`get_flat_params`), in place."""
+    P = _num_params(policy)
+    _check_vector(flat, "flat", P)
+    with torch.no_grad():
+        i = 0
+        for p in flat_params(policy):
+            p.copy_(flat[i : i + p.numel()].reshape(p.shape))
+            i += p.numel()
+
+
+def apply_flat_step(policy: torch.nn.Module, step: torch.Tensor) -> None:
+    """Add a flat vector ``(P,)`` to the parameters in place: :math:`\\theta\\leftarrow\\theta+\\Delta`.
+
+    Undo it with ``set_flat_params(policy, saved)`` where ``saved = get_flat_params(policy)`` was taken before.
+    """
+    P = _num_params(policy)
+    _check_vector(step, "step", P)
+    set_flat_params(policy, get_flat_params(policy) + step.to(flat_params(policy)[0]))
+
+
+def trpo_line_search(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    step: torch.Tensor,
+    max_kl: float,
+    *,
+    backtrack: float = 0.5,
+    max_backtracks: int = 10,
+) -> float:
+    """TRPO's backtracking line search along ``step``, with the exact KL and objective.
+
+    Tries :math:`\\theta_\\text{old}+f\\Delta` for :math:`f=1,\\beta,\\beta^2,\\dots,\\beta^{n-1}`
+    (``backtrack`` :math:`\\beta`, ``max_backtracks`` :math:`n` tries) and accepts the first point where the
+    exact :math:`\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\|p_\\theta)\\le` ``max_kl`` *and*
+    :math:`J(\\theta)>J(\\theta_\\text{old})`. The policy is left at the accepted point and ``f`` is returned;
+    if no try is accepted the policy is restored to :math:`\\theta_\\text{old}` and 0.0 is returned.
+    """
+    _check_problem(problem)
+    P = _num_params(policy)
+    _check_vector(step, "step", P)
+    max_kl = _check_number(max_kl, "max_kl", positive=True)
+    if isinstance(backtrack, bool) or not isinstance(backtrack, (int, float)) or not 0 < backtrack < 1:
+        raise ValueError(f"backtrack must be a number in (0, 1), got {backtrack!r}")
+    check_positive_int(max_backtracks, "max_backtracks")
+    old = copy.deepcopy(policy)
+    start = get_flat_params(policy)
+    with torch.no_grad():
+        J_old = float(problem.objective(old))
+        for j in range(max_backtracks):
+            fraction = backtrack**j
+            set_flat_params(policy, start + fraction * step.to(start))
+            kl = float(problem.expected_kl(old, policy))  # KL(p_old || p_new)
+            if kl <= max_kl and float(problem.objective(policy)) > J_old:
+                return fraction
+    set_flat_params(policy, start)
+    return 0.0
