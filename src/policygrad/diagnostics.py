@@ -198,7 +198,7 @@ def reuse_gradients(problem: ExactProblem, policy: torch.nn.Module, sampler: tor
       unclipped surrogate with token ratios summed over the completion;
     * ``"exact"``: :math:`\\nabla J(\\theta)`.
 
-    At ``policy == sampler`` all four are equal. Derived in chapter 5 (importance sampling, TRPO and PPO).
+    At ``policy == sampler`` all four are equal. Derived in {ref}`sec-ppo-reuse`.
     """
     if not isinstance(problem, ExactProblem):
         raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")

@@ -252,7 +252,7 @@ register(
         "a batch-average baseline (no critic, no per-prompt baseline)",
         trl="experimental PPOTrainer (cliprange)",
         verl="policy_loss=vanilla (clip_ratio)",
-        section="",
+        section="sec-ppo-clip",
     )
 )
 
@@ -271,7 +271,7 @@ register(
         unsolved="the right penalty strength changes during training (hence the adaptive coefficient)",
         trl=None,
         verl=None,
-        section="",
+        section="sec-ppo-kl-penalty",
     )
 )
 

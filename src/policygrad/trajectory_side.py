@@ -101,7 +101,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
 
     Edge cases, all defined and never NaN: a row with an empty mask contributes 0 to the sequence modes
     (and still counts in :math:`B`); an entirely empty mask gives 0 (with a zero gradient).
-    Derived in chapter 5 (PPO; see also chapter 9 on length bias).
+    Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
     """
     m = _check_per_token(per_token, mask, "per_token")
     if mode not in AGGREGATIONS:
@@ -138,7 +138,7 @@ def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, l
     * ``"geometric"``: :math:`\\frac{1}{|o_i|}\\sum_t \\log r_{i,t}`, the log of their *geometric mean*
       (GSPO's length-normalised sequence ratio), ``(B,)``; 0 for a row with an empty mask.
 
-    Derived in chapter 5 (importance sampling and PPO).
+    Derived in {ref}`sec-ppo-reuse` and {ref}`sec-ppo-epochs`.
     """
     check_tensor(logp, "logp", 2)
     check_tensor(old_logp, "old_logp", 2)
@@ -182,7 +182,7 @@ def ppo_clip_loss(
     Returns ``(loss, stats)``; stats: ``clip_frac`` (fraction of trained tokens whose gradient the clip
     removed: :math:`A>0, r>1+\\varepsilon_\\text{high}` or :math:`A<0, r<1-\\varepsilon_\\text{low}`),
     ``dual_clip_frac``, ``approx_kl`` (mean k3 estimate of :math:`\\mathrm{KL}(\\pi_\\text{old}\\|\\pi_\\theta)` over trained
-    tokens: :math:`(r-1)-\\log r`), ``ratio_mean``, ``ratio_max``. Derived in chapter 5 (the PPO clip).
+    tokens: :math:`(r-1)-\\log r`), ``ratio_mean``, ``ratio_max``. Derived in {ref}`sec-ppo-clip` and {ref}`sec-ppo-dual-clip`.
     """
     lr = log_ratios(logp, old_logp, mask, "token")
     m = mask.to(lr.dtype)
@@ -297,7 +297,7 @@ def ppo_kl_penalty_loss(
     :math:`\\pi_\\text{old}` (:math:`\\mathbb E_\\text{old}[r] = 1`), so the penalty is 0 with zero gradient at
     :math:`\\theta = \\theta_\\text{old}` and grows as the policy moves; no clipping. ``beta >= 0`` fixed here; adapt it
     between steps with :class:`AdaptiveKLController`. Returns ``(loss, stats)`` with ``approx_kl``,
-    ``ratio_mean``, ``ratio_max`` (``clip_frac`` is 0 by construction). Derived in chapter 5 (PPO).
+    ``ratio_mean``, ``ratio_max`` (``clip_frac`` is 0 by construction). Derived in {ref}`sec-ppo-kl-penalty`.
     """
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
         raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
@@ -325,7 +325,7 @@ class AdaptiveKLController:
     After each step with measured KL :math:`\\hat d`:
     :math:`\\beta \\leftarrow \\beta\\,\\big(1 + \\mathrm{clip}((\\hat d - d_\\text{target})/d_\\text{target}, -0.2, 0.2)\\cdot n/H\\big)`
     with ``n`` the samples in the step and ``H`` the horizon. Above target, :math:`\\beta` grows; below, it
-    shrinks; the clip bounds the change per step. Derived in chapter 5 (PPO).
+    shrinks; the clip bounds the change per step. Derived in {ref}`sec-ppo-kl-penalty`.
     """
 
     def __init__(self, init_beta: float, target: float, horizon: int) -> None:

@@ -27,7 +27,7 @@ TRPO makes this work for a network with millions of parameters, where :math:`F` 
    *actual* KL is within :math:`\\delta` and the objective improves (:func:`trpo_line_search`).
 
 PPO (in :mod:`policygrad.trajectory_side`) replaces all of this by clipping the importance ratio.
-Derived in chapter 5 (importance sampling, TRPO and PPO).
+Derived in {ref}`sec-ppo-trust-region`.
 """
 
 from __future__ import annotations
