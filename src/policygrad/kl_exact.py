@@ -27,7 +27,7 @@ expectations under :math:`x\\sim\\rho,\\ y\\sim p_\\theta` and :math:`r_t = \\pi
   with the state distribution held fixed;
 * ``reward_k3`` = ``exact`` − ``loss_k3``.
 
-Derived in chapter 6 (KL to a reference).
+Derived in {ref}`sec-rlhf-estimators` and {ref}`sec-rlhf-kl-gradients`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "kl_penalty_weights",
     "kl_penalty_gradients",
     "gradient_table",
+    "regularised_optimum",
 ]
 
 #: The ways of adding :math:`\\beta\\,\\mathrm{KL}` (:math:`\\beta=1`) to training that :func:`kl_penalty_weights` and
@@ -364,3 +365,25 @@ def gradient_table(grads: Mapping[str, torch.Tensor], reference: str = "exact") 
             }
         )
     return rows
+
+
+def regularised_optimum(problem: ExactProblem, reference: torch.nn.Module, beta: float) -> torch.Tensor:
+    """The maximiser of :math:`\\mathbb E_{y\\sim p}[R(x, y)] - \\beta\\,\\mathrm{KL}(p\\,\\|\\,p_\\text{ref}(\\cdot\\mid x))` over *all*
+    distributions :math:`p` of completions, for each prompt: :math:`p^*(y\\mid x) \\propto p_\\text{ref}(y\\mid x)\\,e^{R(x, y)/\\beta}`.
+
+    Returns ``(N, K)`` probabilities (rows sum to 1). ``beta > 0``; :math:`R` is the problem's return (per-step
+    rewards are summed). The reference is tilted towards high reward, more sharply as :math:`\\beta` shrinks;
+    completions the reference never produces keep probability 0. Its value of the regularised objective is
+    :math:`\\beta\\log\\mathbb E_{p_\\text{ref}}[e^{R/\\beta}]` per prompt. Derived in {ref}`sec-rlhf-why`.
+    """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
+        raise ValueError(f"beta must be a finite positive number, got {beta!r}")
+    _check_module(reference, "reference")
+    with torch.no_grad():
+        logq = problem.log_probs(reference)
+        if bool(((logq.exp().sum(-1) - 1).abs() > _COVERAGE_TOL).any()):
+            raise ValueError("the reference's completion probabilities do not sum to 1: the problem must enumerate "
+                             "every completion")
+        return torch.softmax(logq + problem.returns().to(logq) / beta, dim=-1)

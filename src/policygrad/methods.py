@@ -288,7 +288,7 @@ def rlhf_gae(
     token (:func:`policygrad.reward_side.kl_shaped_rewards`, k1 by default, from ``batch.old_log_probs`` and
     ``batch.ref_log_probs``); then :func:`policygrad.reward_side.gae` with the critic's ``batch.values``. The
     state after the last token is terminal (value 0), truncated completions included: their outcome reward is
-    final. Derived in chapter 6 (RLHF-style PPO).
+    final. Derived in {ref}`sec-rlhf-ppo`.
     """
     if batch.values is None:
         raise ValueError("RLHF-style PPO needs a critic: batch.values is None (train() fills it for critic methods)")
@@ -360,7 +360,7 @@ def rlhf_ppo(
         "training, which biases the advantages; with one reward at the end, the critic has little to learn from",
         trl="experimental PPOTrainer (kl_coef, vf_coef, cliprange_value, gamma, lam, whiten_rewards)",
         verl="adv_estimator=gae, use_kl_in_reward=True (kl_ctrl.kl_coef), critic",
-        section="",
+        section="sec-rlhf-ppo",
         extra=dict(gae_options, whiten_advantages=whiten_advantages, eps=eps, value_clip=value_clip),
     )
 

@@ -329,7 +329,7 @@ def kl_shaped_rewards(
     per-step rewards; logp ``(B, T)`` of the sampling policy and ref_logp ``(B, T)``; the per-token
     estimate :math:`k_t` is :func:`policygrad.trajectory_side.kl_estimate` of ``kind`` (k1 in Ziegler et al.
     2019 and InstructGPT). Everything is treated as a constant (no gradient flows through a reward).
-    Returns ``(B, T)``, 0 on padding. Derived in chapter 6 (KL to a reference).
+    Returns ``(B, T)``, 0 on padding. Derived in {ref}`sec-rlhf-kl-gradients` and {ref}`sec-rlhf-ppo`.
     """
     from .trajectory_side import kl_estimate  # the estimator is shared with the loss-term form
 
@@ -355,7 +355,7 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
     The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales (keeps the sign of every
     advantage). Uses the population standard deviation. Never NaN: if the masked values are all equal
     (std at most ``eps``) the result is zeros with ``shift_mean`` and the masked input unchanged without it;
-    an empty mask returns zeros. Derived in chapter 6 (KL to a reference).
+    an empty mask returns zeros. Used in {ref}`sec-rlhf-ppo`.
     """
     check_tensor(values, "values", 2)
     check_finite(values, "values")
@@ -389,7 +389,7 @@ def clipped_value_loss(
     values ``(B, T)`` from the critic (with gradient); old_values ``(B, T)`` the critic's values when the
     batch was sampled; returns ``(B, T)`` the regression targets (e.g. GAE advantages + old values); all
     but ``values`` are constants. ``clip=None`` gives the plain squared error. An empty mask gives 0.
-    Derived in chapter 6 (RLHF-style PPO).
+    Derived in {ref}`sec-rlhf-ppo`.
     """
     check_tensor(values, "values", 2)
     for name, x in (("old_values", old_values), ("returns", returns)):
@@ -419,8 +419,8 @@ def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.
 
     1 means the critic predicts every target; 0 means it does no better than a constant; negative means
     worse than a constant. values, targets, mask: ``(B, T)``. Defined as 0 when the targets have no variance
-    (or the mask selects fewer than two tokens), so the metric is never NaN. Derived in chapter 6
-    (RLHF-style PPO).
+    (or the mask selects fewer than two tokens), so the metric is never NaN. Explained in
+    {ref}`sec-rlhf-ppo`.
     """
     check_tensor(values, "values", 2)
     check_tensor(targets, "targets", 2)

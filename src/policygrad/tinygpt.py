@@ -423,7 +423,7 @@ class TinyGPTCritic(nn.Module):
     RLHF-style PPO trains it by regression on returns (:func:`policygrad.reward_side.clipped_value_loss`)
     and uses it in GAE. :meth:`from_policy` starts the body from a policy's weights (a common choice:
     the critic then starts with the policy's features); the value head starts at 0.
-    Derived in chapter 6 (RLHF-style PPO).
+    Derived in {ref}`sec-rlhf-ppo`.
     """
 
     def __init__(self, config: TinyGPTConfig, *, generator: torch.Generator | None = None) -> None:

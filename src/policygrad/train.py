@@ -107,12 +107,18 @@ def exact_gradient_ascent(
     steps: int,
     lr: float,
     optimizer: str = "sgd",
+    reference: torch.nn.Module | None = None,
+    beta: float = 0.0,
 ) -> list[float]:
     """Maximise the *exact* :math:`J(\\theta)` (no sampling) for ``steps`` steps; minimises loss = −J.
 
     optimizer: ``"sgd"`` or ``"adam"``. Returns the exact :math:`J` before each step and after the last
     (``steps + 1`` values). Used to move a toy policy to a chosen point (a warm start) and to show the
     noise-free path that sampled estimators try to follow. Introduced in {ref}`sec-objective-exact`.
+
+    With ``reference`` and ``beta > 0`` the objective is the KL-regularised
+    :math:`J(\\theta) - \\beta\\,\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_\\theta\\,\\|\\,p_\\text{ref})` of {ref}`sec-rlhf-why`,
+    and the returned values are that objective.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
@@ -120,17 +126,26 @@ def exact_gradient_ascent(
         raise ValueError(f"lr must be positive, got {lr}")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
+    if beta > 0 and not isinstance(reference, torch.nn.Module):
+        raise ValueError("beta > 0 needs a reference policy (a torch.nn.Module)")
     opt_cls = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
     opt = opt_cls(policy.parameters(), lr=lr)
+
+    def objective() -> torch.Tensor:
+        J = problem.objective(policy)
+        return J - beta * problem.expected_kl(policy, reference) if beta > 0 else J
+
     history = []
     for _ in range(steps):
-        loss = -problem.objective(policy)  # loss = -J
+        loss = -objective()  # loss = -J (or -(J - beta KL))
         history.append(-loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        history.append(problem.objective(policy).item())
+        history.append(objective().item())
     return history
 
 

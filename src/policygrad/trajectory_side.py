@@ -235,7 +235,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
       ``expm1(-x) + x`` so round-off cannot make it negative;
     * ``"k1+"``, ``"k3+"``: the value of k1 / k3 with the gradient of k2 (straight-through: value + k2 − sg(k2)).
 
-    Derived in chapter 6 (KL to a reference).
+    Derived in {ref}`sec-rlhf-estimators`.
     """
     check_tensor(logp, "logp")
     check_tensor(ref_logp, "ref_logp")
@@ -271,7 +271,7 @@ def kl_loss(
     Multiply by a coefficient :math:`\\beta` and add to a policy loss (trajectory side). Its gradient is
     the gradient of :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` only in special cases: k2's is the gradient of
     the per-token KLs with the distribution of prefixes held fixed, which is the sequence KL's gradient only
-    for one-token completions (chapter 06 measures this). Derived in chapter 6 (KL to a reference).
+    for one-token completions ({ref}`sec-rlhf-kl-gradients` measures this).
     """
     m = _check_per_token(logp, mask, "logp")
     check_tensor(ref_logp, "ref_logp", 2)
