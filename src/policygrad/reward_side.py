@@ -27,6 +27,7 @@ __all__ = [
     "whiten",
     "clipped_value_loss",
     "explained_variance",
+    "group_advantages",
 ]
 
 
@@ -440,3 +441,46 @@ def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.
     if float(var_g) <= 1e-12:
         return 0.0
     return float(1.0 - (g - v).var(unbiased=False) / var_g)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    scale: str | None = "std",
+    unbiased: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Group-relative advantages: each reward minus the mean of its group, optionally divided by the group's std.
+
+    rewards ``(B,)``: ``B = n_groups * G`` sequence rewards, the ``G`` completions of a prompt contiguous (the
+    layout of ``sample(group_size=G)``). ``scale="std"``: :math:`A_i = (R_i - \\bar R_g)/(\\sigma_g + \\varepsilon)`
+    (GRPO); ``scale=None``: :math:`A_i = R_i - \\bar R_g` (Dr.GRPO). ``unbiased`` picks the standard deviation
+    with :math:`1/(G-1)` (TRL and verl call ``torch.std``, which is unbiased) instead of :math:`1/G`.
+
+    A group whose rewards are all equal carries no signal and gets advantage exactly 0 (never NaN, and never
+    the round-off of the mean divided by :math:`\\varepsilon`). Advantages sum to 0 within every group. Needs
+    ``G >= 2``. Returns ``(B,)``. Derived in chapter 7 (GRPO).
+    """
+    check_tensor(rewards, "rewards", 1)
+    if not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a floating-point tensor, got dtype {rewards.dtype}")
+    check_finite(rewards, "rewards")
+    G = check_positive_int(group_size, "group_size")
+    if G < 2:
+        raise ValueError("group advantages need group_size >= 2: a group of one has no one to compare with")
+    if rewards.shape[0] == 0 or rewards.shape[0] % G:
+        raise ValueError(f"group_size={G} does not divide the batch of {rewards.shape[0]} rewards")
+    if scale not in ("std", None):
+        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
+    if not isinstance(unbiased, bool):
+        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    g = rewards.reshape(-1, G)
+    constant = (g == g[:, :1]).all(1, keepdim=True)  # (n_groups, 1): no signal in this group
+    adv = g - g.mean(1, keepdim=True)
+    if scale == "std":
+        std = g.std(1, keepdim=True, correction=1 if unbiased else 0)
+        adv = adv / torch.where(constant, torch.ones_like(std), std + eps)
+    return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1)
