@@ -117,21 +117,10 @@ def test_load_warm_start_rejects_files_that_are_not_checkpoints(tmp_path, conten
 # -- supervised loss and training -----------------------------------------------------------------------------
 
 
-def _tiny(task, seed=0):
-    cfg = pg.TinyGPTConfig(
-        vocab_size=task.tokenizer.vocab_size,
-        block_size=task.prompt_length + task.max_new_tokens,
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        init_std=0.3,
-    )
-    return pg.TinyGPT(cfg, generator=torch.Generator().manual_seed(seed))
 
-
-def test_supervised_loss_is_the_masked_cross_entropy():
+def test_supervised_loss_is_the_masked_cross_entropy(tiny_gpt):
     task = make_task("prefix")  # answers of different lengths: the mask matters
-    model = _tiny(task)
+    model = tiny_gpt(task, init_std=0.3)
     problems = task.sample_problems(6, torch.Generator().manual_seed(0))
     prompts = task.encode_prompts(problems)
     targets, mask = task.target_completions(problems)
@@ -175,28 +164,28 @@ def test_supervised_loss_is_the_masked_cross_entropy():
         ({"check_every": 2, "stop_at": 1.5}, "stop_at"),
     ],
 )
-def test_train_supervised_rejects_bad_arguments(kw, match):
+def test_train_supervised_rejects_bad_arguments(kw, match, tiny_gpt):
     task = make_task("addition")
     with pytest.raises(ValueError, match=match):
-        train_supervised(_tiny(task), task, **{"steps": 1, **kw})
+        train_supervised(tiny_gpt(task, init_std=0.3), task, **{"steps": 1, **kw})
 
 
-def test_train_supervised_rejects_a_non_task():
+def test_train_supervised_rejects_a_non_task(tiny_gpt):
     task = make_task("addition")
     with pytest.raises(ValueError, match="task must be a Task"):
-        train_supervised(_tiny(task), "addition", steps=1)
+        train_supervised(tiny_gpt(task, init_std=0.3), "addition", steps=1)
 
 
 @pytest.mark.parametrize("kw", [{"seed": 1.5}, {"seed": -1}, {"check_every": 2, "stop_at": "0.5"}])
-def test_train_supervised_rejects_bad_seed_and_stop_at(kw):
+def test_train_supervised_rejects_bad_seed_and_stop_at(kw, tiny_gpt):
     task = make_task("addition")
     with pytest.raises(ValueError):
-        train_supervised(_tiny(task), task, steps=1, batch_size=2, **kw)
+        train_supervised(tiny_gpt(task, init_std=0.3), task, steps=1, batch_size=2, **kw)
 
 
-def test_a_few_supervised_steps_lower_the_loss():
+def test_a_few_supervised_steps_lower_the_loss(tiny_gpt):
     task = make_task("addition")
-    model = _tiny(task)
+    model = tiny_gpt(task, init_std=0.3)
     probe = task.sample_problems(64, torch.Generator().manual_seed(123))
     args = (task.encode_prompts(probe), *task.target_completions(probe))
     with torch.no_grad():
@@ -209,7 +198,7 @@ def test_a_few_supervised_steps_lower_the_loss():
     assert all(math.isfinite(v) for v in log["losses"])
 
 
-def test_early_stopping_uses_training_problems_and_stops_at_the_first_check_that_reaches_the_target(monkeypatch):
+def test_early_stopping_uses_training_problems_and_stops_at_the_first_check_that_reaches_the_target(monkeypatch, tiny_gpt):
     task = make_task("addition")
     scripted = iter([0.1, 0.35, 0.4, 0.9])
     seen = []
@@ -219,13 +208,13 @@ def test_early_stopping_uses_training_problems_and_stops_at_the_first_check_that
         return {"accuracy": next(scripted)}
 
     monkeypatch.setattr(pretrained, "evaluate", fake_evaluate)
-    log = train_supervised(_tiny(task), task, steps=20, batch_size=4, seed=0, check_every=3, stop_at=0.4)
+    log = train_supervised(tiny_gpt(task, init_std=0.3), task, steps=20, batch_size=4, seed=0, check_every=3, stop_at=0.4)
     assert log["steps"] == 9 and len(log["losses"]) == 9
     assert log["checks"] == [(3, 0.1), (6, 0.35), (9, 0.4)]  # 0.4 >= stop_at: stop there
     assert len(seen[0]) == 256 and all(p == seen[0] for p in seen)  # one fixed probe ...
     assert not any(task.is_heldout(p) for p in seen[0])  # ... of training problems: held-out never used
     scripted = iter([0.0] * 10)
-    log = train_supervised(_tiny(task), task, steps=7, batch_size=4, seed=0, check_every=3, stop_at=1.0)
+    log = train_supervised(tiny_gpt(task, init_std=0.3), task, steps=7, batch_size=4, seed=0, check_every=3, stop_at=1.0)
     assert log["steps"] == 7 and [s for s, _ in log["checks"]] == [3, 6]  # never reached: runs every step
 
 

@@ -200,13 +200,6 @@ def test_registered_rlhf_method_and_the_critic_fields():
         Method(name="half", title="", advantages=reinforce_advantages, loss=reinforce_loss, value_loss=lambda *a: 0)
 
 
-def _tiny(task, seed=0):
-    cfg = pg.TinyGPTConfig(
-        vocab_size=task.tokenizer.vocab_size, block_size=task.prompt_length + task.max_new_tokens,
-        n_layer=1, n_head=2, n_embd=16,
-    )  # fmt: skip
-    return pg.TinyGPT(cfg, generator=torch.Generator().manual_seed(seed))
-
 
 def test_train_with_a_critic_records_its_metrics_and_trains_both_networks():
     task = make_task("addition")
@@ -234,23 +227,23 @@ def test_train_with_a_critic_records_its_metrics_and_trains_both_networks():
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in h.rows]
 
 
-def test_train_rejects_critic_misuse():
+def test_train_rejects_critic_misuse(tiny_gpt):
     task = make_task("addition")
     kw = {"steps": 1, "prompts_per_step": 4, "eval_every": None}
     with pytest.raises(ValueError, match="has no critic"):
-        train(_tiny(task), task, "reinforce", critic=TinyGPTCritic(_tiny(task).config), **kw)
+        train(tiny_gpt(task), task, "reinforce", critic=TinyGPTCritic(tiny_gpt(task).config), **kw)
     with pytest.raises(ValueError, match="critic_lr"):
-        train(_tiny(task), task, "ppo_rlhf", critic_lr=0.0, **kw)
+        train(tiny_gpt(task), task, "ppo_rlhf", critic_lr=0.0, **kw)
     with pytest.raises(ValueError, match="critic must be"):
-        train(_tiny(task), task, "ppo_rlhf", critic="value model", **kw)
+        train(tiny_gpt(task), task, "ppo_rlhf", critic="value model", **kw)
 
 
-def test_a_run_without_reward_has_no_signal_and_never_nans():
+def test_a_run_without_reward_has_no_signal_and_never_nans(tiny_gpt):
     """A fresh TinyGPT never solves addition: the only rewards are the KL penalties, 0 up to the round-off
     between the cached sampler and the teacher-forced reference (~1e-7 per token), so the critic's targets
     and loss stay at that level and every metric is finite."""
     task = make_task("addition")
-    policy = _tiny(task)
+    policy = tiny_gpt(task)
     h = train(policy, task, "ppo_rlhf", steps=2, prompts_per_step=8, eval_every=None, seed=0)
     for r in h.rows:
         assert r["reward"] == 0.0 and r["value_loss"] < 1e-4 and abs(r["kl_ref"]) < 1e-6

@@ -137,17 +137,6 @@ def test_k3_kl_rejects_bad_inputs(args):
 # -- train: validation ---------------------------------------------------------------------------------------------
 
 
-def _tiny(task, seed=0):
-    """A fresh, small TinyGPT for ``task`` (fast; never solves addition by chance at these seeds)."""
-    cfg = pg.TinyGPTConfig(
-        vocab_size=task.tokenizer.vocab_size,
-        block_size=task.prompt_length + task.max_new_tokens,
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-    )
-    return pg.TinyGPT(cfg, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.mark.parametrize(
     "kw, match",
@@ -173,18 +162,18 @@ def _tiny(task, seed=0):
         ({"reference": torch.nn.Linear(2, 2)}, "reference"),
     ],
 )
-def test_train_rejects_bad_arguments(kw, match):
+def test_train_rejects_bad_arguments(kw, match, tiny_gpt):
     task = make_task("addition")
     args = {"method": "reinforce", "steps": 1, "prompts_per_step": 4, "eval_every": None, **kw}
     method = args.pop("method")
     with pytest.raises(ValueError, match=match):
-        train(_tiny(task), task, method, **args)
+        train(tiny_gpt(task), task, method, **args)
 
 
-def test_train_rejects_a_non_task_and_a_non_policy():
+def test_train_rejects_a_non_task_and_a_non_policy(tiny_gpt):
     task = make_task("addition")
     with pytest.raises(ValueError, match="task must be a Task"):
-        train(_tiny(task), "addition", steps=1)
+        train(tiny_gpt(task), "addition", steps=1)
     with pytest.raises(ValueError, match="policy"):
         train(torch.nn.Linear(2, 2), task, steps=1)
 
@@ -323,10 +312,10 @@ def test_history_argument_continues_a_run():
 
 
 @pytest.mark.parametrize("method, G", [("reinforce_baseline", 4), ("reinforce", 1)])
-def test_no_reward_anywhere_gives_zero_signal_and_no_nan(method, G):
+def test_no_reward_anywhere_gives_zero_signal_and_no_nan(method, G, tiny_gpt):
     """A fresh TinyGPT never solves addition: every reward is 0, so the advantages, loss and update are 0."""
     task = make_task("addition")
-    policy = _tiny(task)
+    policy = tiny_gpt(task)
     before = [p.detach().clone() for p in policy.parameters()]
     h = train(policy, task, method, steps=3, prompts_per_step=16, group_size=G, seed=0, eval_every=3,
               eval_problems=task.eval_set(16))  # fmt: skip

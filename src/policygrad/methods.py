@@ -224,10 +224,13 @@ register(
 )
 
 
-def ppo_loss(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """PPO's clipped loss (:func:`policygrad.trajectory_side.ppo_clip_loss`) with :math:`\\varepsilon = 0.2`,
-    token ratios against ``batch.old_log_probs``, token-mean aggregation, on ``batch.loss_mask``."""
-    return ppo_clip_loss(logp, batch.old_log_probs, advantages, batch.loss_mask, eps_low=0.2)
+def ppo_loss(
+    logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor, *, eps: float = 0.2
+) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped loss (:func:`policygrad.trajectory_side.ppo_clip_loss`) with :math:`\\varepsilon` = ``eps``
+    (0.2 in ``ppo_clip``), token ratios against ``batch.old_log_probs``, token-mean aggregation, on
+    ``batch.loss_mask``."""
+    return ppo_clip_loss(logp, batch.old_log_probs, advantages, batch.loss_mask, eps_low=eps)
 
 
 def ppo_kl_loss(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -317,10 +320,6 @@ def _rlhf_value_loss(values: torch.Tensor, batch: RolloutBatch, targets: torch.T
     return clipped_value_loss(values, batch.values, targets, batch.loss_mask, clip=clip)
 
 
-def _ppo_loss_eps(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor, *, eps: float):
-    return ppo_clip_loss(logp, batch.old_log_probs, advantages, batch.loss_mask, eps_low=eps)
-
-
 def rlhf_ppo(
     name: str = "ppo_rlhf",
     *,
@@ -346,7 +345,7 @@ def rlhf_ppo(
         name=name,
         title=f"PPO with a critic, GAE and the reference KL in the reward (RLHF-style, beta = {beta:g})",
         advantages=functools.partial(rlhf_advantages, whiten_advantages=whiten_advantages, **gae_options),
-        loss=functools.partial(_ppo_loss_eps, eps=eps),
+        loss=functools.partial(ppo_loss, eps=eps),
         value_targets=functools.partial(rlhf_value_targets, **gae_options),
         value_loss=functools.partial(_rlhf_value_loss, clip=value_clip),
         inner_epochs=inner_epochs,
