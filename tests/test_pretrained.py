@@ -117,7 +117,6 @@ def test_load_warm_start_rejects_files_that_are_not_checkpoints(tmp_path, conten
 # -- supervised loss and training -----------------------------------------------------------------------------
 
 
-
 def test_supervised_loss_is_the_masked_cross_entropy(tiny_gpt):
     task = make_task("prefix")  # answers of different lengths: the mask matters
     model = tiny_gpt(task, init_std=0.3)

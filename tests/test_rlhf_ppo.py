@@ -200,7 +200,6 @@ def test_registered_rlhf_method_and_the_critic_fields():
         Method(name="half", title="", advantages=reinforce_advantages, loss=reinforce_loss, value_loss=lambda *a: 0)
 
 
-
 def test_train_with_a_critic_records_its_metrics_and_trains_both_networks():
     task = make_task("addition")
     policy, _ = pg.load_warm_start("addition")
