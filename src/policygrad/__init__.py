@@ -8,6 +8,7 @@ Modules are organised by the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\
 from . import (
     diagnostics,
     exact,
+    group_exact,
     kl_exact,
     lm_tasks,
     methods,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "diagnostics",
     "exact",
+    "group_exact",
     "kl_exact",
     "lm_tasks",
     "methods",

@@ -63,6 +63,7 @@ __all__ = [
     "make_task",
     "is_heldout",
     "evaluate",
+    "success_probabilities",
     "exact_problem",
 ]
 
@@ -717,6 +718,49 @@ def evaluate(
         "num_completions": len(reps),
         "reasons": {k: counts[k] / len(reps) for k in sorted(counts)},
     }
+
+
+def success_probabilities(
+    policy: torch.nn.Module,
+    task: Task,
+    problems: Sequence[Problem],
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Exact :math:`p_x = P(R = 1\\mid x)` of every problem under ``policy`` sampling at ``temperature``: ``(n,)`` float64.
+
+    The reward is an exact match on the text before EOS, so exactly one completion is correct, the answer's
+    tokens then EOS (:meth:`Task.answer_ids`), and :math:`p_x = \\prod_t \\pi_\\theta(a_t\\mid x, a_{<t})` needs one
+    forward pass: no sampling, no enumeration. ``policy(prompts, completions) -> logits`` as for a
+    :class:`policygrad.TinyGPT`. Used in {ref}`sec-grpo-zero-variance`.
+    """
+    if not isinstance(policy, torch.nn.Module):
+        raise ValueError(f"policy must be a torch.nn.Module, got {type(policy).__name__}")
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    problems = task._check_problems(problems)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    check_positive_int(batch_size, "batch_size")
+    from .policies import token_log_probs
+
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(problems), batch_size):
+                chunk = problems[start : start + batch_size]
+                prompts = task.encode_prompts(chunk).to(device)
+                tokens, mask = task.target_completions(chunk)
+                logits = policy(prompts, tokens.to(device)) / float(temperature)
+                logp = token_log_probs(logits, tokens.to(device)) * mask.to(device)
+                out.append(logp.sum(-1).double().exp().cpu())
+    finally:
+        policy.train(was_training)
+    return torch.cat(out)
 
 
 def exact_problem(

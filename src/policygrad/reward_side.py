@@ -28,6 +28,7 @@ __all__ = [
     "clipped_value_loss",
     "explained_variance",
     "group_advantages",
+    "group_step_advantages",
 ]
 
 
@@ -460,7 +461,7 @@ def group_advantages(
 
     A group whose rewards are all equal carries no signal and gets advantage exactly 0 (never NaN, and never
     the round-off of the mean divided by :math:`\\varepsilon`). Advantages sum to 0 within every group. Needs
-    ``G >= 2``. Returns ``(B,)``. Derived in chapter 7 (GRPO).
+    ``G >= 2``. Returns ``(B,)``. Derived in {ref}`sec-grpo-baseline` and {ref}`sec-grpo-std`.
     """
     check_tensor(rewards, "rewards", 1)
     if not rewards.is_floating_point():
@@ -484,3 +485,64 @@ def group_advantages(
         std = g.std(1, keepdim=True, correction=1 if unbiased else 0)
         adv = adv / torch.where(constant, torch.ones_like(std), std + eps)
     return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1)
+
+
+def group_step_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    *,
+    step_mask: torch.Tensor | None = None,
+    scale: str | None = "std",
+    unbiased: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """GRPO's process-supervision advantages: group-normalised step rewards, summed from each token on.
+
+    rewards ``(B, T)``: the reward of each step, on the step's last token (0 elsewhere); mask ``(B, T)``: the
+    tokens that get an advantage (the loss mask); step_mask ``(B, T)``: where a step ends (default ``mask``:
+    every trained token is a step). Every step reward of a group (all its completions, all their steps) is
+    normalised with the mean and (``scale="std"``) standard deviation of that group's step rewards,
+    :math:`\\tilde r = (r - \\mu_g)/(\\sigma_g + \\varepsilon)`; a token's advantage is the sum of the normalised
+    rewards of the steps that end at or after it, :math:`A_{i,t} = \\sum_{j:\\ t_j \\ge t} \\tilde r_{i,j}`
+    (Shao et al., 2024). A group whose step rewards are all equal (or that has fewer than two steps) gets 0
+    everywhere, as in :func:`group_advantages`. Returns ``(B, T)``, 0 where ``mask`` is 0. Derived in
+    {ref}`sec-grpo-objective`.
+    """
+    check_tensor(rewards, "rewards", 2)
+    if not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a floating-point tensor, got dtype {rewards.dtype}")
+    check_finite(rewards, "rewards")
+    m = check_mask(mask, "mask", rewards.shape, allow_empty=True).to(rewards.dtype)
+    s = m if step_mask is None else check_mask(step_mask, "step_mask", rewards.shape, allow_empty=True).to(rewards.dtype)
+    if bool(((s != 0) & (m == 0)).any()):
+        raise ValueError("step_mask must be 0 wherever mask is 0 (a step ends on a trained token)")
+    if bool((rewards * (1 - s) != 0).any()):
+        raise ValueError("rewards must be 0 where step_mask is 0 (a step reward sits on the step's last token)")
+    G = check_positive_int(group_size, "group_size")
+    if G < 2:
+        raise ValueError("group advantages need group_size >= 2: a group of one has no one to compare with")
+    B, T = rewards.shape
+    if B == 0 or B % G:
+        raise ValueError(f"group_size={G} does not divide the batch of {B} rows")
+    if scale not in ("std", None):
+        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
+    if not isinstance(unbiased, bool):
+        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    r = rewards.reshape(-1, G * T)  # one row per group: all its step rewards
+    w = s.reshape(-1, G * T)
+    n = w.sum(1, keepdim=True)
+    mean = (r * w).sum(1, keepdim=True) / n.clamp_min(1.0)
+    dev = (r - mean) * w
+    big = torch.finfo(r.dtype).max
+    lo = torch.where(w > 0, r, torch.full_like(r, big)).amin(1, keepdim=True)
+    hi = torch.where(w > 0, r, torch.full_like(r, -big)).amax(1, keepdim=True)
+    constant = (n < 2) | (lo == hi)  # (n_groups, 1): no signal in this group
+    if scale == "std":
+        var = (dev * dev).sum(1, keepdim=True) / (n - (1.0 if unbiased else 0.0)).clamp_min(1.0)
+        dev = dev / torch.where(constant, torch.ones_like(var), var.sqrt() + eps)
+    normed = torch.where(constant, torch.zeros_like(dev), dev).reshape(B, T)
+    to_go = normed.flip(-1).cumsum(-1).flip(-1)  # sum over steps ending at or after t
+    return to_go * m

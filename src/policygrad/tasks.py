@@ -12,7 +12,7 @@ import torch
 from ._checks import check_positive_int, check_unit_interval
 from .exact import ExactProblem, enumerate_completions
 
-__all__ = ["contextual_bandit", "target_sequence_task"]
+__all__ = ["contextual_bandit", "target_sequence_task", "variable_length_task"]
 
 
 def contextual_bandit(
@@ -85,3 +85,51 @@ def target_sequence_task(
         gamma=gamma,
     )
     return problem, targets
+
+
+def variable_length_task(
+    num_prompts: int = 3,
+    vocab_size: int = 3,
+    max_len: int = 4,
+    *,
+    answer_lengths: list[int] | None = None,
+    seed: int = 0,
+) -> tuple[ExactProblem, torch.Tensor]:
+    """Completions of variable length: token 0 is EOS, each prompt has one correct completion.
+
+    Prompt ``x``'s answer is ``answer_lengths[x]`` tokens drawn from ``1..vocab_size-1`` followed by EOS;
+    :math:`R(x, y) = 1` if ``y`` is exactly that (0/1, exact match, like a checked final answer). Completions end
+    at their first EOS or after ``max_len`` tokens (then they are cut off, never correct), so wrong answers
+    come in every length from 1 to ``max_len`` — the setting where per-sequence length normalisation matters.
+    ``answer_lengths`` defaults to ``1, 2, ...`` cycling below ``max_len``. Returns ``(problem, answers)`` with
+    ``answers (num_prompts, max_len)`` in canonical form (padded with EOS). Use with
+    ``TabularPolicy(num_prompts, vocab_size, max_len, eos=0)``. Used in {ref}`sec-grpo-length`.
+    """
+    check_positive_int(num_prompts, "num_prompts")
+    check_positive_int(max_len, "max_len")
+    check_positive_int(vocab_size, "vocab_size")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2 (EOS and one other token), got {vocab_size}")
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 so that an answer has a token and EOS, got {max_len}")
+    if answer_lengths is None:
+        answer_lengths = [1 + x % (max_len - 1) for x in range(num_prompts)]
+    if not isinstance(answer_lengths, (list, tuple)) or len(answer_lengths) != num_prompts:
+        raise ValueError(f"answer_lengths must be a list of {num_prompts} lengths, got {answer_lengths!r}")
+    for n in answer_lengths:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_len - 1:
+            raise ValueError(f"every answer length must be an integer in [1, {max_len - 1}], got {n!r}")
+    completions, mask = enumerate_completions(vocab_size, max_len, eos=0)
+    g = torch.Generator().manual_seed(seed)
+    answers = torch.zeros(num_prompts, max_len, dtype=torch.long)
+    for x, n in enumerate(answer_lengths):
+        answers[x, :n] = torch.randint(1, vocab_size, (n,), generator=g)
+    rewards = (completions.unsqueeze(0) == answers.unsqueeze(1)).all(-1).to(torch.get_default_dtype())
+    problem = ExactProblem(
+        prompts=torch.arange(num_prompts),
+        prompt_probs=torch.full((num_prompts,), 1.0 / num_prompts),
+        completions=completions,
+        mask=mask,
+        rewards=rewards,
+    )
+    return problem, answers
