@@ -150,7 +150,8 @@ def method_gradient_estimator(
     :func:`policygrad.lm_tasks.exact_problem`), samples ``group_size`` completions of at most
     ``max_new_tokens`` (default the task's) for each, scores them with the task's reward, builds the
     :class:`policygrad.rollout.RolloutBatch` and returns :math:`-\\nabla` of the method's loss — the exact
-    computation one step of :func:`policygrad.train.train` makes, without the optimiser. Compare it with
+    computation one step of :func:`policygrad.train.train` makes, without the optimiser (a method with a
+    reference KL term gets the policy itself as the reference: the term is 0 with a zero gradient). Compare it with
     :meth:`policygrad.exact.ExactProblem.gradient` of ``exact_problem(task, problems, max_new_tokens)``.
     Introduced in {ref}`sec-tinylm-exact`.
     """
@@ -172,7 +173,9 @@ def method_gradient_estimator(
             all_prompts[idx.to(device)], max_new_tokens=T, eos=task.tokenizer.eos_id, generator=generator, group_size=G
         )
         reps = [problems[i] for i in idx.tolist() for _ in range(G)]
-        batch = RolloutBatch.from_samples(samples, task.rewards(reps, samples.completions, samples.mask), group_size=G)
+        rewards = task.rewards(reps, samples.completions, samples.mask)
+        ref = samples.log_probs if method.needs_reference else None  # the policy is its own reference
+        batch = RolloutBatch.from_samples(samples, rewards, group_size=G, ref_log_probs=ref)
         logp = token_log_probs(policy(batch.prompts, batch.completions), batch.completions) * batch.mask
         loss, _ = method.loss(logp, batch, method.advantages(batch))
         return -flat_grad(loss, flat_params(policy)).detach()

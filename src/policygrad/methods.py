@@ -33,7 +33,14 @@ from .reward_side import (
     whiten,
 )
 from .rollout import RolloutBatch
-from .trajectory_side import kl_loss, pg_surrogate, ppo_clip_loss, ppo_kl_penalty_loss
+from .trajectory_side import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    kl_loss,
+    pg_surrogate,
+    ppo_clip_loss,
+    ppo_kl_penalty_loss,
+)
 
 __all__ = [
     "SIDES",
@@ -390,7 +397,8 @@ def grpo_advantages(
     Outcome rewards ``(B,)``: every trained token of completion :math:`i` gets
     :math:`(R_i - \\bar R_g)/(\\sigma_g + \\varepsilon)` (:func:`policygrad.reward_side.group_advantages`).
     Per-step rewards ``(B, T)``: process supervision, each token gets the sum of the group-normalised step
-    rewards from it on (:func:`policygrad.reward_side.group_step_advantages`, every trained token a step).
+    rewards from it on (:func:`policygrad.reward_side.group_step_advantages`, every trained token a step; a
+    nonzero reward on a token outside the loss mask is a ValueError, not silently dropped).
     ``scale=None`` drops the division (Dr.GRPO); ``unbiased`` picks the :math:`1/(G-1)` standard deviation
     (``torch.std``, as TRL and verl). Needs ``G >= 2``. Derived in {ref}`sec-grpo-objective`.
     """
@@ -398,7 +406,11 @@ def grpo_advantages(
     opts = {"scale": scale, "unbiased": unbiased, "eps": eps}
     if batch.rewards.dim() == 1:
         return broadcast_to_tokens(group_advantages(batch.rewards, G, **opts), batch.loss_mask)
-    return group_step_advantages(batch.rewards * batch.loss_mask, batch.loss_mask, G, **opts)
+    if bool((batch.rewards * (batch.loss_mask == 0) != 0).any()):
+        raise ValueError(
+            "a per-step reward sits on a token outside the loss mask; put each step's reward on a trained token"
+        )
+    return group_step_advantages(batch.rewards, batch.loss_mask, G, **opts)
 
 
 def grpo_loss(
@@ -457,6 +469,19 @@ def grpo(
     The defaults are DeepSeekMath's (Shao et al., 2024): :math:`\\beta = 0.04`, :math:`\\varepsilon = 0.2`, one
     policy update per batch; ``group_size`` is 8 here (64 in the paper).
     """
+    check_positive_int(group_size, "group_size")
+    if group_size < 2:
+        raise ValueError(f"GRPO needs group_size >= 2 (a group of one has no one to compare with), got {group_size}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+        raise ValueError(f"eps must be a number in [0, 1), got {eps!r}")
+    if scale not in ("std", None):
+        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
+    if kl_kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kl_kind!r}; choose one of {KL_ESTIMATORS}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
     adv_opts = {"scale": scale, "unbiased": unbiased, "eps": adv_eps}
     loss_opts = {"eps": eps, "beta": beta, "kl_kind": kl_kind, "aggregation": aggregation}
     return Method(
