@@ -23,6 +23,7 @@ import torch
 
 from ._checks import check_positive_int, check_tensor
 from .exact import ExactProblem, flat_grad, flat_params
+from .reward_side import _check_group_options as check_group_options
 from .reward_side import group_advantages
 from .rollout import RolloutBatch
 
@@ -45,12 +46,7 @@ MAX_GROUPS = 50_000
 
 
 def _check_group_options(group_size, scale, unbiased, eps) -> int:
-    G = check_positive_int(group_size, "group_size")
-    if G < 2:
-        raise ValueError("a group method needs group_size >= 2")
-    # group_advantages validates scale, unbiased and eps; call it once on a tiny group to fail early
-    group_advantages(torch.zeros(G, dtype=torch.float64), G, scale=scale, unbiased=unbiased, eps=eps)
-    return G
+    return check_group_options(group_size, check_positive_int(group_size, "group_size"), scale, unbiased, eps)
 
 
 def conditional_advantages(

@@ -444,6 +444,22 @@ def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.
     return float(1.0 - (g - v).var(unbiased=False) / var_g)
 
 
+def _check_group_options(group_size, rows: int, scale, unbiased, eps) -> int:
+    """Validate the options every group advantage shares; returns ``G``."""
+    G = check_positive_int(group_size, "group_size")
+    if G < 2:
+        raise ValueError("group advantages need group_size >= 2: a group of one has no one to compare with")
+    if rows == 0 or rows % G:
+        raise ValueError(f"group_size={G} does not divide the batch of {rows} rows")
+    if scale not in ("std", None):
+        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
+    if not isinstance(unbiased, bool):
+        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    return G
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -467,17 +483,7 @@ def group_advantages(
     if not rewards.is_floating_point():
         raise ValueError(f"rewards must be a floating-point tensor, got dtype {rewards.dtype}")
     check_finite(rewards, "rewards")
-    G = check_positive_int(group_size, "group_size")
-    if G < 2:
-        raise ValueError("group advantages need group_size >= 2: a group of one has no one to compare with")
-    if rewards.shape[0] == 0 or rewards.shape[0] % G:
-        raise ValueError(f"group_size={G} does not divide the batch of {rewards.shape[0]} rewards")
-    if scale not in ("std", None):
-        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
-    if not isinstance(unbiased, bool):
-        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
-        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    G = _check_group_options(group_size, rewards.shape[0], scale, unbiased, eps)
     g = rewards.reshape(-1, G)
     constant = (g == g[:, :1]).all(1, keepdim=True)  # (n_groups, 1): no signal in this group
     adv = g - g.mean(1, keepdim=True)
@@ -519,18 +525,8 @@ def group_step_advantages(
         raise ValueError("step_mask must be 0 wherever mask is 0 (a step ends on a trained token)")
     if bool((rewards * (1 - s) != 0).any()):
         raise ValueError("rewards must be 0 where step_mask is 0 (a step reward sits on the step's last token)")
-    G = check_positive_int(group_size, "group_size")
-    if G < 2:
-        raise ValueError("group advantages need group_size >= 2: a group of one has no one to compare with")
     B, T = rewards.shape
-    if B == 0 or B % G:
-        raise ValueError(f"group_size={G} does not divide the batch of {B} rows")
-    if scale not in ("std", None):
-        raise ValueError(f"scale must be 'std' or None, got {scale!r}")
-    if not isinstance(unbiased, bool):
-        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
-        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    G = _check_group_options(group_size, B, scale, unbiased, eps)
     r = rewards.reshape(-1, G * T)  # one row per group: all its step rewards
     w = s.reshape(-1, G * T)
     n = w.sum(1, keepdim=True)
