@@ -15,6 +15,18 @@ from .exact import ExactProblem, enumerate_completions
 __all__ = ["contextual_bandit", "target_sequence_task", "variable_length_task"]
 
 
+def _uniform_prompts(num_prompts: int, completions, mask, rewards, gamma: float = 1.0) -> ExactProblem:
+    """Prompt ids ``0..num_prompts-1`` with a uniform distribution, the given completions and rewards."""
+    return ExactProblem(
+        prompts=torch.arange(num_prompts),
+        prompt_probs=torch.full((num_prompts,), 1.0 / num_prompts),
+        completions=completions,
+        mask=mask,
+        rewards=rewards,
+        gamma=gamma,
+    )
+
+
 def contextual_bandit(
     num_contexts: int = 2, num_arms: int = 3, *, rewards: torch.Tensor | None = None, seed: int = 0
 ) -> ExactProblem:
@@ -31,13 +43,7 @@ def contextual_bandit(
     elif tuple(rewards.shape) != (num_contexts, num_arms):
         raise ValueError(f"rewards must have shape {(num_contexts, num_arms)}, got {tuple(rewards.shape)}")
     completions, mask = enumerate_completions(num_arms, 1)
-    return ExactProblem(
-        prompts=torch.arange(num_contexts),
-        prompt_probs=torch.full((num_contexts,), 1.0 / num_contexts),
-        completions=completions,
-        mask=mask,
-        rewards=rewards.to(torch.get_default_dtype()),
-    )
+    return _uniform_prompts(num_contexts, completions, mask, rewards.to(torch.get_default_dtype()))
 
 
 def target_sequence_task(
@@ -76,15 +82,7 @@ def target_sequence_task(
         rewards = match.mean(-1)
     else:
         rewards = match / length
-    problem = ExactProblem(
-        prompts=torch.arange(num_prompts),
-        prompt_probs=torch.full((num_prompts,), 1.0 / num_prompts),
-        completions=completions,
-        mask=mask,
-        rewards=rewards,
-        gamma=gamma,
-    )
-    return problem, targets
+    return _uniform_prompts(num_prompts, completions, mask, rewards, gamma), targets
 
 
 def variable_length_task(
@@ -125,11 +123,4 @@ def variable_length_task(
     for x, n in enumerate(answer_lengths):
         answers[x, :n] = torch.randint(1, vocab_size, (n,), generator=g)
     rewards = (completions.unsqueeze(0) == answers.unsqueeze(1)).all(-1).to(torch.get_default_dtype())
-    problem = ExactProblem(
-        prompts=torch.arange(num_prompts),
-        prompt_probs=torch.full((num_prompts,), 1.0 / num_prompts),
-        completions=completions,
-        mask=mask,
-        rewards=rewards,
-    )
-    return problem, answers
+    return _uniform_prompts(num_prompts, completions, mask, rewards), answers
