@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test book execute check html lab start lint bench clean
+.PHONY: install test book execute check html lab start lint bench probe clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
-## test: unit tests + strict re-execution of every notebook (nbval)
+## test: unit tests + re-execution of every notebook (nbval: strict on the reference numeric path)
 test: install
 	$(BIN)/python -m pytest
 
@@ -55,6 +55,10 @@ lint: install
 ## bench: the performance benchmarks (one CPU thread, ~5 min), written to benchmarks/results.md; not part of `make test`
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+## probe: the numeric-path checksum (plain torch); compare with tools/repro_probe.expected
+probe: install
+	$(BIN)/python tools/repro_probe.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -1,19 +1,28 @@
 """Execute book notebooks from their MyST-markdown source into the paired .ipynb (outputs included).
 
-Usage: python tools/execute_notebooks.py [book/NN-name.md ...]   (default: every paired notebook in book/)
+Usage: python tools/execute_notebooks.py [--out DIR] [--allow-off-path] [book/NN-name.md ...]
+(default: every paired notebook in book/)
 
 Each notebook is read from its ``.md`` (the reviewed source), executed top to bottom with nbclient in
-``book/`` with one thread (``OMP_NUM_THREADS=1``, no timing metadata), and written to the ``.ipynb`` twin.
-The run time of each notebook is printed so the 90-second budget can be checked.
+``book/`` with one thread (``OMP_NUM_THREADS=1``, no timing metadata), and written to the ``.ipynb`` twin,
+or into ``--out DIR`` (to compare another machine's outputs with the stored ones). The run time of each
+notebook is printed so the 90-second budget can be checked.
+
+The kernels run on the book's reference numeric path (``policygrad.numeric_path``, pinned here before
+any kernel starts; variables already set in the environment win). Outputs stored in ``book/`` must come
+from that path, so writing them from anywhere else is refused unless ``--allow-off-path`` is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import sys
 import time
 from pathlib import Path
+
+import numeric_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -29,7 +38,7 @@ def paired_sources() -> list[Path]:
     return out
 
 
-def execute(md: Path, timeout: int = 600) -> float:
+def execute(md: Path, out_dir: Path | None = None, timeout: int = 600) -> float:
     import jupytext
     import nbformat
     from nbclient import NotebookClient
@@ -66,17 +75,35 @@ def execute(md: Path, timeout: int = 600) -> float:
         cell["id"] = hashlib.sha1(f"{i}:{cell.source}".encode()).hexdigest()[:8]
     # jupytext adds `default_lexer`, which MyST does not know (it warns on every page): drop it
     nb.metadata.get("jupytext", {}).pop("default_lexer", None)
-    jupytext.write(nb, md.with_suffix(".ipynb"), fmt="ipynb")
-    nbformat.validate(nbformat.read(md.with_suffix(".ipynb"), as_version=4))
+    target = md.with_suffix(".ipynb") if out_dir is None else out_dir / md.with_suffix(".ipynb").name
+    jupytext.write(nb, target, fmt="ipynb")
+    nbformat.validate(nbformat.read(target, as_version=4))
     return elapsed
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sources", nargs="*", type=Path, help="book/NN-name.md files (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="write the executed notebooks here")
+    parser.add_argument("--allow-off-path", action="store_true", help="store outputs in book/ off the reference path")
+    args = parser.parse_args(argv)
+    numeric_env.pin()
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
+    path = numeric_env.load().status()  # imports torch here, after the pin, as the kernels will
+    print(path.describe())
+    if args.out is None and not path.reference and not args.allow_off_path:
+        print(
+            "refusing to store outputs in book/ off the reference numeric path (they would fail the strict "
+            "comparison there); use --out DIR, or --allow-off-path if you mean it",
+            file=sys.stderr,
+        )
+        return 2
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ["PYTHONHASHSEED"] = "0"
-    targets = [Path(a).resolve() for a in argv] if argv else paired_sources()
+    targets = [a.resolve() for a in args.sources] if args.sources else paired_sources()
     if not targets:
         print("no notebooks to execute", file=sys.stderr)
         return 1
@@ -85,7 +112,7 @@ def main(argv: list[str]) -> int:
         if md.suffix != ".md" or not md.exists():
             print(f"not a notebook source: {md}", file=sys.stderr)
             return 2
-        t = execute(md)
+        t = execute(md, args.out)
         total += t
         print(f"{md.relative_to(ROOT)}: {t:.1f} s")
     print(f"total: {total:.1f} s")
