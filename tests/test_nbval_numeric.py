@@ -213,16 +213,20 @@ def test_this_test_run_is_pinned_unless_the_user_chose_otherwise():
         assert key in os.environ
 
 
-def test_the_probe_reproduces_the_reference_line_on_the_reference_path():
-    """tools/repro_probe.py (plain torch, no policygrad) prints one checksum of a small training loop; on
-    the reference path it must print exactly the line recorded on an AVX2-only AMD EPYC."""
+def test_strict_comparison_only_where_the_probe_reproduces_the_reference_line(request):
+    """tools/repro_probe.py (plain torch, no policygrad) prints one checksum of a small training loop. The
+    auto comparison of this very run is strict exactly when the settings select the reference path and the
+    probe printed the line recorded on an AVX2-only AMD EPYC; otherwise it is number-aware."""
+    if request.config.getoption("--numeric-comparison") != "auto":
+        pytest.skip("the comparison mode was forced")
+    header = request.config._numeric_comparison
     if not numeric_path.status().reference:
-        pytest.skip("not on the reference numeric path: " + numeric_path.status().describe())
-    expected = [
-        line for line in (ROOT / "tools" / "repro_probe.expected").read_text().splitlines() if not line.startswith("#")
-    ]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "repro_probe.py")], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == expected[0]
+        assert header.startswith("number-aware with stated tolerances: not the reference numeric path")
+        return
+    printed, expected = request.config._numeric_probe
+    assert expected.startswith("repro-probe 2.13.0+cpu AVX2 loss=")
+    assert nn.probe_line() == (printed, expected)  # deterministic: a second run prints the same
+    if printed == expected:
+        assert header.startswith("strict: reference numeric path")
+    else:
+        assert "does not reproduce tools/repro_probe.expected" in header and printed in header

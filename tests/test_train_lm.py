@@ -238,7 +238,8 @@ def test_first_step_metrics_match_a_direct_computation():
 
 def test_reference_defaults_to_a_copy_of_the_starting_policy():
     task = make_task("addition")
-    kw = {"steps": 2, "prompts_per_step": 8, "group_size": 4, "seed": 0, "eval_every": None, "lr": 1e-3}
+    # seed 1: the first batch has reward signal (seed 0's first 32 samples are all wrong), so the update moves
+    kw = {"steps": 2, "prompts_per_step": 8, "group_size": 4, "seed": 1, "eval_every": None, "lr": 1e-3}
     a, _ = pg.load_warm_start("addition")
     h_default = train(a, task, "reinforce", **kw)
     b, _ = pg.load_warm_start("addition")
@@ -246,6 +247,7 @@ def test_reference_defaults_to_a_copy_of_the_starting_policy():
     # step 1 samples from the unchanged policy: KL to a copy is 0 up to float round-off between the cached
     # sampler and the teacher-forced forward (|d| ~ 1e-7 per token, so k3 ~ 1e-14)
     for h in (h_default, h_copy):
+        assert h.rows[0]["reward"] > 0  # precondition: a batch that carries signal
         assert abs(h.rows[0]["kl_ref"]) < 1e-7
         assert h.rows[1]["kl_ref"] > 1e-4  # after one update the policy has moved away from its reference
     assert h_default.rows[1]["kl_ref"] == h_copy.rows[1]["kl_ref"]
@@ -265,7 +267,8 @@ def _run(seed, **kw):
 
 def test_train_is_deterministic_given_the_seed_and_runs_inner_epochs_and_minibatches():
     kw = {"inner_epochs": 2, "minibatches": 2}
-    (h1, p1), (h2, p2), (h3, _) = _run(0, **kw), _run(0, **kw), _run(1, **kw)
+    (h1, p1), (h2, p2), (h3, _) = _run(1, **kw), _run(1, **kw), _run(2, **kw)
+    assert 0 < h1.rows[1]["reward"] < 1  # precondition: the first batch carries signal (seed 0's does not)
 
     def strip(h):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in h.rows]
@@ -275,7 +278,7 @@ def test_train_is_deterministic_given_the_seed_and_runs_inner_epochs_and_minibat
         assert torch.equal(a, b)
     assert [r["reward"] for r in h1.rows[1:]] != [r["reward"] for r in h3.rows[1:]]
     assert strip(h1) != strip(h3)
-    (h4, _) = _run(0)  # one epoch, one minibatch: a different update from the same samples
+    (h4, _) = _run(1)  # one epoch, one minibatch: a different update from the same samples
     assert h4.rows[1]["reward"] == h1.rows[1]["reward"]  # same first batch
     assert h4.rows[1]["loss"] != h1.rows[1]["loss"] and h4.rows[2]["reward"] != h1.rows[2]["reward"]
 

@@ -20,7 +20,9 @@ bit, and results of training runs drift further. There the comparison becomes nu
 A number outside its tolerance is left as it is, so nbval's own comparison fails and shows it.
 
 ``--numeric-comparison`` chooses: ``auto`` (default: strict on the reference path, tolerant elsewhere),
-``strict`` or ``tolerant``. The pytest header says which was used and why.
+``strict`` or ``tolerant``. On the reference settings ``auto`` also runs ``tools/repro_probe.py`` once
+(about 7 s) and stays strict only if it prints the recorded reference line. The pytest header says which
+comparison was used and why.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from __future__ import annotations
 import copy
 import math
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 #: A number as printed by Python: optional sign, digits with an optional point, optional exponent. Not
 #: preceded by a letter, digit, underscore or point, so names such as ``k3`` or ``ch07`` stay text.
@@ -153,7 +158,26 @@ def pytest_addoption(parser):
     )
 
 
+PROBE = Path(__file__).resolve().parent / "repro_probe.py"
+
+
+def probe_line() -> tuple[str, str]:
+    """``(printed, expected)``: what ``tools/repro_probe.py`` prints in a child process with this
+    environment, and the reference line of ``tools/repro_probe.expected``."""
+    expected = next(
+        line
+        for line in PROBE.with_suffix(".expected").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    run = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=600)
+    printed = run.stdout.strip() if run.returncode == 0 else f"(the probe failed: {run.stderr.strip()[-200:]})"
+    return printed, expected
+
+
 def _decide(config) -> tuple[bool, str]:
+    """``(tolerant, header line)``. ``auto`` is strict only where the settings select the reference path
+    *and* this CPU reproduces the probe's reference line: a machine where the pinned variables still do
+    not give the reference arithmetic is another platform, compared with tolerances."""
     choice = config.getoption("--numeric-comparison")
     import numeric_env
 
@@ -162,9 +186,16 @@ def _decide(config) -> tuple[bool, str]:
         return False, f"strict (forced); {path.describe()}"
     if choice == "tolerant":
         return True, f"number-aware (forced); {path.describe()}"
-    if path.reference:
-        return False, f"strict: {path.describe()}"
-    return True, f"number-aware with stated tolerances: {path.describe()}"
+    if not path.reference:
+        return True, f"number-aware with stated tolerances: {path.describe()}"
+    printed, expected = probe_line()
+    config._numeric_probe = (printed, expected)
+    if printed != expected:
+        return True, (
+            f"number-aware with stated tolerances: the reference settings are in place ({path.describe()}) "
+            f"but this CPU does not reproduce tools/repro_probe.expected: it printed {printed!r}"
+        )
+    return False, f"strict: {path.describe()}; repro probe reproduced"
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ headroom). The held-out split is never used to choose when to stop.
 ==========  ==========  =========  ========  ==========================================
 task        parameters  SFT steps  stop at   held-out greedy accuracy (480 problems)
 ==========  ==========  =========  ========  ==========================================
-addition    101,760     200        0.40      0.4625
+addition    101,760     200        0.40      0.4292
 reverse     101,568     114        0.40      0.5000
 prefix      101,696     72         0.40      0.4500
 ==========  ==========  =========  ========  ==========================================
@@ -25,14 +25,21 @@ Load one with :func:`load_warm_start` (``torch.load(..., weights_only=True)``). 
 
 which retrains from the recorded seed on CPU with one thread and overwrites
 ``src/policygrad/checkpoints/<task>.pt``; ``--check`` retrains into memory and only compares.
-Bitwise equality needs the same CPU kernels (same torch build and instruction set); the held-out
-accuracy is what the tests pin. Introduced in {ref}`sec-tinylm-warm-start`.
+The shipped files were built on the book's reference numeric path (:mod:`policygrad.numeric_path`),
+and the command runs on it (it sets the variables the environment does not set); there ``--check``
+requires the rebuild to be bitwise identical to the shipped file. Elsewhere the kernels round
+differently, early stopping moves, and ``--check`` accepts a held-out accuracy within
+:data:`OFF_PATH_TOLERANCE` of the documented one; writing into the package directory from there is
+refused (use ``--out``), so the shipped files keep their recorded SHA-256
+(:data:`CHECKPOINT_SHA256`, checked on load). Introduced in {ref}`sec-tinylm-warm-start`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +57,8 @@ __all__ = [
     "EVAL_SIZE",
     "WarmStart",
     "WARM_STARTS",
+    "CHECKPOINT_SHA256",
+    "OFF_PATH_TOLERANCE",
     "supervised_loss",
     "train_supervised",
     "build_warm_start",
@@ -103,12 +112,20 @@ class WarmStart:
 #: The shipped warm starts, by task name.
 WARM_STARTS: dict[str, WarmStart] = {
     "addition": WarmStart("addition", seed=0, lr=3e-3, batch_size=128, max_steps=2000, check_every=5,
-                          stop_at=0.40, heldout_accuracy=0.4625),
+                          stop_at=0.40, heldout_accuracy=206 / 480),
     "reverse": WarmStart("reverse", seed=0, lr=3e-4, batch_size=128, max_steps=2000, check_every=2,
                          stop_at=0.40, heldout_accuracy=0.5),
     "prefix": WarmStart("prefix", seed=0, lr=3e-4, batch_size=128, max_steps=2000, check_every=2,
                         stop_at=0.40, heldout_accuracy=0.45),
 }  # fmt: skip
+
+#: SHA-256 of each shipped file, recorded when it was built on the reference numeric path; the shipped
+#: checkpoints are checked against it on load.
+CHECKPOINT_SHA256: dict[str, str] = {
+    "addition": "38bf5631ea3828ffc813b143ed1276a32876cc8b33def45aeb7423f3292282f0",
+    "reverse": "62223bd65a2e8c774708d17eeceec170527155629ea64811e49aec88ac1a20b3",
+    "prefix": "dd4c33a9630a4173d812c4829c5e9fd4dbc8072674cbb3b398447733f6d761f3",
+}
 
 
 def supervised_loss(model: torch.nn.Module, prompts: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
@@ -249,6 +266,14 @@ def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str 
     p = checkpoint_path(task) if path is None else Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.regenerate_warm_starts {task}`")
+    if path is None:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if digest != CHECKPOINT_SHA256[task]:
+            raise ValueError(
+                f"the shipped checkpoint {p} does not match its recorded SHA-256 (got {digest[:12]}..., "
+                f"recorded {CHECKPOINT_SHA256[task][:12]}...): it was changed or damaged; reinstall the "
+                f"package or rebuild it with `python -m policygrad.regenerate_warm_starts {task}`"
+            )
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or one that needs unpickling code
@@ -282,16 +307,41 @@ def warm_start_table() -> list[dict]:
     return rows
 
 
+#: How far a warm start rebuilt *off* the reference numeric path may land from the documented held-out
+#: accuracy. SFT stops at the first check that reaches ``stop_at``, so a last-bit difference in the
+#: kernels moves the stopping step and the accuracy: on one AMD EPYC the addition recipe gave 0.4292
+#: (reference), 0.3688 (native AVX2 kernels, MKL's own choice), 0.4146 (``MKL_CBWR=AVX2``) and 0.5021
+#: (``ATEN_CPU_CAPABILITY=default``). On the reference path the rebuild must be bitwise identical.
+OFF_PATH_TOLERANCE = 0.10
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import numeric_path
+
     parser = argparse.ArgumentParser(prog="python -m policygrad.regenerate_warm_starts", description=__doc__.split("\n")[0])
     parser.add_argument("tasks", nargs="*", default=list(WARM_STARTS), help="tasks to rebuild (default: all)")
     parser.add_argument("--check", action="store_true", help="retrain in memory and compare; write nothing")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="directory to write the checkpoints to")
     args = parser.parse_args(argv)
-    status = 0
     for name in args.tasks:
         if name not in WARM_STARTS:
             parser.error(f"unknown task {name!r}; choose from {sorted(WARM_STARTS)}")
+    path = numeric_path.status()
+    print(path.describe(), flush=True)
+    if not args.check and not path.reference and args.out.resolve() == CHECKPOINT_DIR.resolve():
+        print(
+            "refusing to overwrite the shipped checkpoints off the reference numeric path; write them "
+            "elsewhere with --out DIR and load them with load_warm_start(task, path=...)",
+            file=sys.stderr,
+        )
+        return 2
+    status = 0
+    for name in args.tasks:
         spec = WARM_STARTS[name]
         model, info = build_warm_start(spec)
         line = (
@@ -300,8 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{info['heldout_accuracy']:.4f} ({info['seconds']:.1f} s)"
         )
         if args.check:
-            same = math.isclose(info["heldout_accuracy"], spec.heldout_accuracy, abs_tol=1.5 / EVAL_SIZE)
-            line += f" — documented {spec.heldout_accuracy:.4f}: {'OK' if same else 'DIFFERENT'}"
+            gap = abs(info["heldout_accuracy"] - spec.heldout_accuracy)
+            if path.reference:
+                same = _same_weights(model, load_warm_start(name)[0]) and gap < 0.5 / EVAL_SIZE
+                verdict = "OK, bitwise identical" if same else "DIFFERENT from the shipped checkpoint"
+            else:
+                same = gap <= OFF_PATH_TOLERANCE
+                verdict = f"OK within {OFF_PATH_TOLERANCE} off the reference path" if same else "DIFFERENT"
+            line += f" — documented {spec.heldout_accuracy:.4f}: {verdict}"
             status |= not same
         else:
             _save(model, spec, info, args.out / f"{name}.pt")

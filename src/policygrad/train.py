@@ -343,8 +343,12 @@ def train(
         reference = copy.deepcopy(policy)
     reference.eval().requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=critic_lr or lr) if critic is not None else None
+    # foreach: one multi-tensor Adam update instead of a loop over the parameters: the same
+    # arithmetic (every stored output of the book is bitwise unchanged), less overhead per step
+    opt = torch.optim.Adam(policy.parameters(), lr=lr, foreach=True)
+    critic_opt = (
+        torch.optim.Adam(critic.parameters(), lr=critic_lr or lr, foreach=True) if critic is not None else None
+    )
     hist = History() if history is None else history
     step0 = hist.rows[-1]["step"] if hist.rows else 0
     samples_seen = hist.rows[-1].get("samples", 0) if hist.rows else 0
