@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark scripts: device choice, timing, machine info, JSON/markdown output.
 
-Scripts import this module before anything else: it pins the reference numeric path before torch
-loads. Not part of the package (and not collected by pytest). Every model, task and training loop the benchmarks
+Not part of the package (and not collected by pytest). The speed benchmarks run on this CPU's own
+kernels, as a user's script does; ``bench_reinforce_addition.py``, whose accuracy gains the README
+quotes, pins the book's reference numeric path itself before torch loads. Every model, task and training loop the benchmarks
 time comes from :mod:`policygrad`; this file only measures and reports.
 """
 
@@ -18,17 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The book's reference numeric path, pinned before torch is imported (policygrad.numeric_path), so the
-# figures the benchmarks print that the book and README quote (accuracy gains) are computed as the stored
-# outputs are; variables already set in the environment win.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import numeric_env  # noqa: E402
+import torch
 
-numeric_env.pin()
-
-import torch  # noqa: E402
-
-import policygrad as pg  # noqa: E402
+import policygrad as pg
 
 HERE = Path(__file__).resolve().parent
 
@@ -112,7 +105,7 @@ def machine_info(device: torch.device | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "policygrad": pg.__version__,
         "load_average_1_5_15min": load_average(),
-        "numeric_path": numeric_env.load().status().describe(),
+        "numeric_path": pg.numeric_path.status().describe(),
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -29,12 +29,19 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-import _common as C
+# accuracy gains on the book's reference numeric path (policygrad.numeric_path), pinned before torch loads
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import numeric_env  # noqa: E402
 
-import policygrad as pg
-from policygrad.lm_tasks import evaluate, make_task
-from policygrad.train import History, train
+numeric_env.pin()
+
+import _common as C  # noqa: E402
+
+import policygrad as pg  # noqa: E402
+from policygrad.lm_tasks import evaluate, make_task  # noqa: E402
+from policygrad.train import History, train  # noqa: E402
 
 NAME = "reinforce_addition"
 METHOD = "reinforce_baseline"
