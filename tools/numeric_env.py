@@ -3,8 +3,8 @@
 ``policygrad.numeric_path`` holds the settings (and says why); importing it the usual way would run
 ``policygrad/__init__.py``, which imports torch, and the variables are read when torch initialises. So
 the entry points that produce or check stored outputs load that one file by path, through :func:`load`,
-and call its ``pin()`` first: ``conftest.py`` (pytest and nbval's kernels), ``tools/execute_notebooks.py``
-and ``benchmarks/``.
+and call its ``pin()`` first: ``conftest.py`` (pytest and nbval's kernels), ``tools/execute_notebooks.py``,
+``tools/repro_probe.py`` and ``benchmarks/bench_reinforce_addition.py``.
 """
 
 from __future__ import annotations

@@ -17,17 +17,20 @@ Why ``COMPATIBLE`` and not MKL's ``AVX2`` branch: MKL honours ``AVX2`` on Intel 
 falls back to following the CPU), while ``COMPATIBLE`` is honoured on every x86-64 CPU, and the
 machines this book is built and tested on include AMD CPUs with and without AVX-512. It costs time: on
 a 2-core AMD EPYC (AVX2) TinyGPT training ran 1.3 to 1.6 times slower than on MKL's own choice (chapter 4
-of the book 92 s against 61 s), because this model's small matrices spend their time in MKL calls. ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` default to 1 as well; they are not part of
-the path, because :func:`policygrad.seed_everything` pins torch (and with it MKL) to one thread in every
-notebook, and CI checks that two threads give the same outputs.
+of the book 92 s against 61 s), because this model's small matrices spend their time in MKL calls.
+``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` default to 1 as well; they are not part of the path, because
+:func:`policygrad.seed_everything` pins torch (and with it MKL) to one thread in every notebook, and CI
+checks that two threads give the same outputs.
 
 The variables must be in the environment *before* torch is imported: setting them inside a notebook is
 too late. So this module imports only the standard library at import time, and the entry points that
 produce or check the book's outputs (``tools/execute_notebooks.py``, the repository's ``conftest.py``
-for pytest and nbval's kernels, ``benchmarks/``) load it by file path and call :func:`pin` before
+for pytest and nbval's kernels, ``benchmarks/bench_reinforce_addition.py``, ``tools/repro_probe.py``)
+load it by file path and call :func:`pin` before
 anything imports torch. They are defaults: a value set in the environment wins, and :func:`status` then
 reports that this process is not on the reference path (the notebook comparison becomes tolerant).
-Described in the book's index, "Reproducing the outputs".
+``python -m policygrad.regenerate_warm_starts`` re-executes itself with the variables set. Described
+in the book's index, "Reproducing the outputs".
 """
 
 from __future__ import annotations
