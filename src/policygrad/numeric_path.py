@@ -26,8 +26,7 @@ The variables must be in the environment *before* torch is imported: setting the
 too late. So this module imports only the standard library at import time, and the entry points that
 produce or check the book's outputs (``tools/execute_notebooks.py``, the repository's ``conftest.py``
 for pytest and nbval's kernels, ``benchmarks/bench_reinforce_addition.py``, ``tools/repro_probe.py``)
-load it by file path and call :func:`pin` before
-anything imports torch. They are defaults: a value set in the environment wins, and :func:`status` then
+load it by file path and call :func:`pin` before anything imports torch. They are defaults: a value set in the environment wins, and :func:`status` then
 reports that this process is not on the reference path (the notebook comparison becomes tolerant).
 ``python -m policygrad.regenerate_warm_starts`` re-executes itself with the variables set. Described
 in the book's index, "Reproducing the outputs".
