@@ -40,7 +40,7 @@ numeric_env.pin()
 import _common as C  # noqa: E402
 
 import policygrad as pg  # noqa: E402
-from policygrad.lm_tasks import evaluate, make_task  # noqa: E402
+from policygrad.lm.tasks import evaluate, make_task  # noqa: E402
 from policygrad.train import History, train  # noqa: E402
 
 NAME = "reinforce_addition"

@@ -28,11 +28,11 @@ import _common as C
 import torch
 
 import policygrad as pg
-from policygrad.lm_tasks import make_task
+from policygrad.lm.tasks import make_task
 from policygrad.methods import get_method
-from policygrad.policies import token_log_probs
 from policygrad.rollout import RolloutBatch
 from policygrad.train import train
+from policygrad.trajectory_side import token_log_probs
 
 NAME = "rl_step"
 PROMPTS, G = 64, 8

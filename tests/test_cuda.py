@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import policygrad as pg
-from policygrad import tasks
+from policygrad.toy import tasks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

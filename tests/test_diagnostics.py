@@ -117,7 +117,7 @@ def test_convergence_on_a_real_estimator():
     E||Y||^4 = (m4 + (n-1)(tr(C)^2 + 2 tr(C^2))) / n^3 and, for the unbiased trace-of-sample-covariance S of
     M estimates, Var(S) = (E||Y||^4 - tr(C_Y)^2 - 2 tr(C_Y^2)) / M + 2 tr(C_Y^2) / (M - 1), C_Y = C / n.
     """
-    prob = pg.tasks.contextual_bandit(2, 3, seed=1)
+    prob = pg.toy.contextual_bandit(2, 3, seed=1)
     pol = pg.TabularPolicy(2, 3, 1, init_scale=1.0, generator=torch.Generator().manual_seed(0))
     mean, tr_cov = prob.estimator_moments(pol, prob.returns())
     g = prob.per_sample_gradients(pol, prob.returns()).double().reshape(-1, mean.numel())

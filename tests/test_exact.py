@@ -330,7 +330,7 @@ def test_gradient_under_float64_default_dtype():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        prob, _ = pg.tasks.target_sequence_task(2, 3, 2, reward="per_step", gamma=0.9, seed=1)
+        prob, _ = pg.toy.target_sequence_task(2, 3, 2, reward="per_step", gamma=0.9, seed=1)
         assert prob.rewards.dtype == torch.float64 and prob.mask.dtype == torch.float64
         pol = tab(2, 3, 2, seed=5, scale=1.0)
         assert pol.logits_table.dtype == torch.float64
@@ -390,7 +390,7 @@ def test_success_probability():
         want = [sum(pk for pk, r in zip(p[x], R[x], strict=True) if r > thr) for x in range(2)]
         got = prob.success_probability(pol, threshold=thr)
         assert torch.allclose(got, torch.tensor(want), atol=1e-6)
-    task, _ = pg.tasks.target_sequence_task(2, 3, 2, reward="exact_match", seed=0)
+    task, _ = pg.toy.target_sequence_task(2, 3, 2, reward="exact_match", seed=0)
     # exact match: success probability is the probability of the single target completion
     got = task.success_probability(pol)
     want = (task.probs(pol) * task.rewards).sum(-1)
@@ -489,7 +489,7 @@ def brute_per_sample(prob, policy, weights):
     for x in range(N):
         for k in range(K):
             y = prob.completions[k : k + 1]
-            logp = pg.policies.token_log_probs(policy(torch.tensor([x]), y), y)[0]
+            logp = pg.trajectory_side.token_log_probs(policy(torch.tensor([x]), y), y)[0]
             s = sum(w[x, k, t] * logp[t] for t in range(L) if prob.mask[k, t] > 0)
             rows[x, k] = flat_grad(s, params).double()
     return rows

@@ -1,5 +1,5 @@
 """Tests for GRPO: process-supervision advantages (group_step_advantages), the GRPO reward side and loss, the
-registered method, the exact group analysis of policygrad.group_exact, variable_length_task and
+registered method, the exact group analysis of policygrad.exact.group, variable_length_task and
 lm_tasks.success_probabilities.
 
 Every quantity is compared with an independent computation: hand values, brute-force loops written here over
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from policygrad.exact import ExactProblem, flat_grad, flat_params
-from policygrad.group_exact import (
+from policygrad.exact.group import (
     MAX_GROUPS,
     binary_advantage_table,
     binary_objective,
@@ -28,12 +28,13 @@ from policygrad.group_exact import (
     implied_weights,
     zero_variance_probability,
 )
-from policygrad.lm_tasks import Problem, exact_problem, make_task, success_probabilities
+from policygrad.lm.tasks import Problem, exact_problem, make_task, success_probabilities
 from policygrad.methods import Method, get_method, grpo, grpo_advantages, grpo_loss, rlhf_ppo
-from policygrad.policies import TabularPolicy, token_log_probs
 from policygrad.reward_side import group_step_advantages
 from policygrad.rollout import RolloutBatch
-from policygrad.tasks import target_sequence_task, variable_length_task
+from policygrad.toy import TabularPolicy
+from policygrad.toy.tasks import target_sequence_task, variable_length_task
+from policygrad.trajectory_side import token_log_probs
 
 F64 = torch.float64
 EPS = 1e-6  # the default eps of the advantages
@@ -482,7 +483,7 @@ def test_grpo_factory_rejects_bad_settings_at_construction(kwargs, match):
 def test_method_gradient_estimator_gives_grpo_the_policy_as_its_own_reference():
     """With the policy as the reference the KL term has zero gradient: beta = 0.04 and beta = 0 estimate the same."""
     from policygrad.diagnostics import method_gradient_estimator
-    from policygrad.pretrained import load_warm_start
+    from policygrad.lm.pretrained import load_warm_start
 
     task = make_task("addition")
     policy = load_warm_start("addition")[0].double()  # solves ~20 % of samples: groups with signal

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import policygrad as pg
-from policygrad import diagnostics, reward_side, tasks, train
+from policygrad import diagnostics, reward_side, train
+from policygrad.toy import tasks
 
 
 def _toy():

@@ -1,4 +1,4 @@
-"""Tests for :mod:`policygrad.kl_exact`: KL estimators and KL-penalty gradients against exact enumeration.
+"""Tests for :mod:`policygrad.exact.kl`: KL estimators and KL-penalty gradients against exact enumeration.
 
 Every reference number is computed by an *independent brute force*: the completions are enumerated by a
 recursion of this file (not :func:`policygrad.enumerate_completions`), the next-token distribution of every
@@ -19,7 +19,7 @@ import torch
 
 import policygrad as pg
 from policygrad.exact import ExactProblem, flat_grad, flat_params
-from policygrad.kl_exact import (
+from policygrad.exact.kl import (
     PENALTY_FORMS,
     gradient_table,
     kl_estimator_stats,

@@ -1,4 +1,4 @@
-"""Tests for policygrad.lm_tasks: tokenizer, the three tasks, rewards, the evaluator and exact enumeration."""
+"""Tests for policygrad.lm.tasks: tokenizer, the three tasks, rewards, the evaluator and exact enumeration."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import policygrad as pg
-from policygrad.lm_tasks import (
+from policygrad.lm.tasks import (
     REASONS,
     TOOL_TOKENS,
     AdditionTask,
@@ -169,7 +169,7 @@ def test_task_tokenizer_validation_and_registry():
         make_task("sorting")
     assert make_task("addition", pad_answer=True).name == "addition_padded"
     assert isinstance(make_task("prefix"), PrefixCopyTask)
-    assert set(pg.lm_tasks.TASKS) == {"addition", "reverse", "prefix"}
+    assert set(pg.lm.tasks.TASKS) == {"addition", "reverse", "prefix"}
     vocab_sizes = {AdditionTask().tokenizer.vocab_size, ReversalTask().tokenizer.vocab_size}
     assert vocab_sizes == {15, 8} and PrefixCopyTask().tokenizer.vocab_size == 8
 

@@ -28,8 +28,8 @@ from policygrad.methods import (
     reinforce_advantages,
     reinforce_loss,
 )
-from policygrad.policies import token_log_probs
 from policygrad.rollout import RolloutBatch
+from policygrad.trajectory_side import token_log_probs
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 

@@ -25,7 +25,6 @@ from policygrad.methods import (
     ppo_loss,
     reinforce_loss,
 )
-from policygrad.policies import token_log_probs
 from policygrad.rollout import RolloutBatch
 from policygrad.trajectory_side import (
     AGGREGATIONS,
@@ -38,6 +37,7 @@ from policygrad.trajectory_side import (
     log_ratios,
     ppo_clip_loss,
     ppo_kl_penalty_loss,
+    token_log_probs,
 )
 
 F64 = torch.float64
@@ -194,7 +194,7 @@ def _eos_problem(seed=4):
 
 
 def _fixed_problem():
-    prob, _ = pg.tasks.target_sequence_task(2, 3, 3, reward="fraction", seed=3)
+    prob, _ = pg.toy.target_sequence_task(2, 3, 3, reward="fraction", seed=3)
     return ExactProblem(
         prob.prompts, prob.prompt_probs.to(F64), prob.completions, prob.mask.to(F64), prob.rewards.to(F64)
     )

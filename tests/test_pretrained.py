@@ -1,4 +1,4 @@
-"""Tests for policygrad.pretrained: the shipped SFT warm starts, their documentation and their regeneration."""
+"""Tests for policygrad.lm.pretrained: the shipped SFT warm starts, their documentation and their regeneration."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import policygrad as pg
-from policygrad import pretrained
-from policygrad.lm_tasks import evaluate, make_task
-from policygrad.pretrained import (
+from policygrad.lm import pretrained
+from policygrad.lm.pretrained import (
     EVAL_SIZE,
     WARM_STARTS,
     checkpoint_path,
@@ -20,12 +19,13 @@ from policygrad.pretrained import (
     train_supervised,
     warm_start_table,
 )
+from policygrad.lm.tasks import evaluate, make_task
 
 TASKS = list(WARM_STARTS)
 
 
 def test_every_task_has_a_warm_start():
-    assert set(TASKS) == set(pg.lm_tasks.TASKS)
+    assert set(TASKS) == set(pg.lm.tasks.TASKS)
     for name, spec in WARM_STARTS.items():
         assert spec.task == name and checkpoint_path(name).is_file()
 

@@ -12,14 +12,14 @@ import torch
 
 import policygrad as pg
 from policygrad.exact import flat_grad, flat_params
-from policygrad.kl_exact import regularised_optimum
+from policygrad.exact.kl import regularised_optimum
 from policygrad.train import exact_gradient_ascent
 
 F64 = torch.float64
 
 
 def _bandit():
-    prob = pg.tasks.contextual_bandit(2, 4, seed=1)
+    prob = pg.toy.contextual_bandit(2, 4, seed=1)
     ref = pg.TabularPolicy(2, 4, 1, init_scale=1.0, generator=torch.Generator().manual_seed(0)).double()
     return prob, ref
 
@@ -52,7 +52,7 @@ def test_the_closed_form_optimum_is_a_stationary_point_and_beats_other_policies(
 
 
 def test_exact_gradient_ascent_on_the_regularised_objective_reaches_the_closed_form():
-    prob, _ = pg.tasks.target_sequence_task(2, 3, 2, reward="fraction", seed=1)
+    prob, _ = pg.toy.target_sequence_task(2, 3, 2, reward="fraction", seed=1)
     ref = pg.TabularPolicy(2, 3, 2, init_scale=1.0, generator=torch.Generator().manual_seed(0)).double()
     pol = copy.deepcopy(ref)
     beta = 0.2

@@ -222,7 +222,7 @@ def test_gae_limits(gamma):
 
 def test_gae_on_exact_values_is_exact_advantage_at_lambda_zero():
     """With the exact V, GAE(0) = r + gamma V' - V is the exact advantage of ExactProblem."""
-    prob, _ = pg.tasks.target_sequence_task(2, 3, 3, reward="per_step", gamma=0.9, seed=1)
+    prob, _ = pg.toy.target_sequence_task(2, 3, 3, reward="per_step", gamma=0.9, seed=1)
     pol = pg.TabularPolicy(2, 3, 3, init_scale=1.0, generator=torch.Generator().manual_seed(0))
     V = prob.values(pol).reshape(-1, 3)
     r = prob.step_rewards().reshape(-1, 3)

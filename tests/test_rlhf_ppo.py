@@ -15,7 +15,8 @@ import torch
 
 import policygrad as pg
 from policygrad.exact import ExactProblem
-from policygrad.lm_tasks import make_task
+from policygrad.lm.tasks import make_task
+from policygrad.lm.tinygpt import TinyGPTCritic
 from policygrad.methods import (
     METHODS,
     Method,
@@ -28,7 +29,6 @@ from policygrad.methods import (
 )
 from policygrad.reward_side import explained_variance, gae, whiten
 from policygrad.rollout import RolloutBatch
-from policygrad.tinygpt import TinyGPTCritic
 from policygrad.train import train
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""Tests for policygrad.tasks: the contextual bandit and the target-sequence task."""
+"""Tests for policygrad.toy.tasks: the contextual bandit and the target-sequence task."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import policygrad as pg
-from policygrad.tasks import contextual_bandit, target_sequence_task
+from policygrad.toy.tasks import contextual_bandit, target_sequence_task
 
 
 def test_contextual_bandit_shapes_and_seed():

@@ -1,4 +1,4 @@
-"""Tests for policygrad.tinygpt: the transformer policy, its key/value cache and its sampler.
+"""Tests for policygrad.lm.tinygpt: the transformer policy, its key/value cache and its sampler.
 
 References are independent of the code under test where possible: causality by perturbing later tokens,
 the cache against recomputing the whole prefix, sampled frequencies against exact enumeration
@@ -15,8 +15,8 @@ import torch
 
 import policygrad as pg
 from policygrad.exact import flat_params
-from policygrad.policies import token_entropy, token_log_probs
-from policygrad.tinygpt import KVCache, TinyGPT, TinyGPTConfig
+from policygrad.lm.tinygpt import KVCache, TinyGPT, TinyGPTConfig
+from policygrad.trajectory_side import token_entropy, token_log_probs
 
 
 def _model(V=5, block=10, seed=0, init_std=0.5, **kw) -> TinyGPT:

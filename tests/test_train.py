@@ -14,7 +14,7 @@ def _same_history(a, b):
 
 
 def _task(reward="fraction"):
-    prob, _ = pg.tasks.target_sequence_task(2, 3, 2, reward=reward, seed=0)
+    prob, _ = pg.toy.target_sequence_task(2, 3, 2, reward=reward, seed=0)
     return prob
 
 
@@ -91,7 +91,7 @@ def _reference_training(prob, baseline, steps, batch_size, lr, value_lr, seed, r
                     b[i, t] = sum(G[j, t] for j in range(batch_size) if j != i) / (batch_size - 1)
                 elif baseline == "learned":
                     b[i, t] = table.get(int(states[i, t]), 0.0)
-        logp = pg.policies.token_log_probs(pol(s.prompts, s.completions), s.completions)
+        logp = pg.trajectory_side.token_log_probs(pol(s.prompts, s.completions), s.completions)
         grad = torch.autograd.grad(((G - b) * logp).sum() / batch_size, pol.logits_table)[0]
         with torch.no_grad():
             pol.logits_table += lr * grad  # ascent on the surrogate = descent on the loss

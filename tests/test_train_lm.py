@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import policygrad as pg
-from policygrad.lm_tasks import evaluate, make_task
+from policygrad.lm.tasks import evaluate, make_task
 from policygrad.methods import batch_loo_advantages, reinforce_loss
-from policygrad.policies import token_entropy, token_log_probs
 from policygrad.rollout import RolloutBatch
 from policygrad.train import METRICS, History, k3_kl, train
+from policygrad.trajectory_side import token_entropy, token_log_probs
 
 # -- History ---------------------------------------------------------------------------------------------------
 

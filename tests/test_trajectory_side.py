@@ -64,7 +64,7 @@ def test_pg_surrogate_validation():
 
 
 def _sequence_setup(reward="per_step"):
-    prob, _ = pg.tasks.target_sequence_task(2, 3, 2, reward=reward, seed=3)
+    prob, _ = pg.toy.target_sequence_task(2, 3, 2, reward=reward, seed=3)
     pol = pg.TabularPolicy(2, 3, 2, init_scale=1.0, generator=torch.Generator().manual_seed(1))
     return prob, pol
 

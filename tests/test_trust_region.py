@@ -18,8 +18,7 @@ from torch import nn
 
 import policygrad as pg
 from policygrad.exact import MAX_FISHER_PARAMS, ExactProblem, flat_params
-from policygrad.policies import token_log_probs
-from policygrad.trust_region import (
+from policygrad.exact.trust_region import (
     apply_flat_step,
     conjugate_gradient,
     fisher_vector_product,
@@ -29,6 +28,7 @@ from policygrad.trust_region import (
     set_flat_params,
     trpo_line_search,
 )
+from policygrad.trajectory_side import token_log_probs
 
 F64 = torch.float64
 EXACT = {"atol": 1e-10, "rtol": 0.0}

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._checks import check_finite, check_positive_int, check_tensor
-from .exact import ExactProblem, flat_grad, flat_params
-from .policies import token_log_probs
+from ._tensor import flat_grad, flat_params
+from .exact.enumeration import ExactProblem
 from .rollout import RolloutBatch, Samples
-from .trajectory_side import score_function_gradient
+from .trajectory_side.logprobs import token_log_probs
+from .trajectory_side.surrogates import score_function_gradient
 
 __all__ = [
     "gradient_error_stats",
@@ -147,7 +148,7 @@ def method_gradient_estimator(
     """A registered method's gradient estimate on a language-model task, as ``estimate(n, generator) -> (P,)``.
 
     Each call draws ``n`` prompts uniformly from ``problems`` (the uniform :math:`\\rho` of
-    :func:`policygrad.lm_tasks.exact_problem`), samples ``group_size`` completions of at most
+    :func:`policygrad.lm.tasks.exact_problem`), samples ``group_size`` completions of at most
     ``max_new_tokens`` (default the task's) for each, scores them with the task's reward, builds the
     :class:`policygrad.rollout.RolloutBatch` and returns :math:`-\\nabla` of the method's loss — the exact
     computation one step of :func:`policygrad.train.train` makes, without the optimiser (a method with a
@@ -155,8 +156,8 @@ def method_gradient_estimator(
     :meth:`policygrad.exact.ExactProblem.gradient` of ``exact_problem(task, problems, max_new_tokens)``.
     Introduced in {ref}`sec-tinylm-exact`.
     """
-    from .lm_tasks import Task  # local import: lm_tasks imports this module's dependencies
-    from .methods import get_method
+    from .lm.tasks import Task  # local import: lm_tasks imports this module's dependencies
+    from .methods.base import get_method
 
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task, got {type(task).__name__}")

@@ -28,7 +28,7 @@ produce or check the book's outputs (``tools/execute_notebooks.py``, the reposit
 for pytest and nbval's kernels, ``benchmarks/bench_reinforce_addition.py``, ``tools/repro_probe.py``)
 load it by file path and call :func:`pin` before anything imports torch. They are defaults: a value set in the environment wins, and :func:`status` then
 reports that this process is not on the reference path (the notebook comparison becomes tolerant).
-``python -m policygrad.regenerate_warm_starts`` re-executes itself with the variables set. Described
+``python -m policygrad.lm.regenerate_warm_starts`` re-executes itself with the variables set. Described
 in the book's index, "Reproducing the outputs".
 """
 

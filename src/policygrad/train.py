@@ -20,13 +20,17 @@ import torch
 from tqdm import tqdm
 
 from ._checks import check_positive_int
-from .exact import ExactProblem
-from .lm_tasks import Problem, Task, evaluate
-from .methods import Method, get_method
-from .policies import TabularPolicy, token_entropy, token_log_probs
-from .reward_side import TabularValue, explained_variance, leave_one_out_baseline, reinforce_weights
+from .exact.enumeration import ExactProblem
+from .lm.tasks import Problem, Task, evaluate
+from .methods.base import Method, get_method
+from .reward_side.baselines import TabularValue, leave_one_out_baseline
+from .reward_side.critic import explained_variance
+from .reward_side.returns import reinforce_weights
 from .rollout import RolloutBatch
-from .trajectory_side import kl_loss, pg_surrogate
+from .toy.policies import TabularPolicy
+from .trajectory_side.kl import kl_loss
+from .trajectory_side.logprobs import token_entropy, token_log_probs
+from .trajectory_side.surrogates import pg_surrogate
 
 __all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent", "History", "METRICS", "train", "k3_kl"]
 
@@ -289,7 +293,7 @@ def train(
 
     Methods with a critic (:attr:`policygrad.methods.Method.needs_critic`): ``critic`` is the value model
     (``critic(prompts, completions, group_size=G) -> (B, T)``; default
-    :meth:`policygrad.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own Adam at ``critic_lr``
+    :meth:`policygrad.lm.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own Adam at ``critic_lr``
     (default ``lr``) on the method's value loss, in the same minibatches as the policy. Its values of the
     sampled states go into ``batch.values`` before the advantages are computed.
     """
@@ -330,7 +334,7 @@ def train(
         raise ValueError(f"method {method.name!r} has no critic; do not pass one")
     if method.needs_critic:
         if critic is None:
-            from .tinygpt import TinyGPT, TinyGPTCritic
+            from .lm.tinygpt import TinyGPT, TinyGPTCritic
 
             if not isinstance(policy, TinyGPT):
                 raise ValueError(f"method {method.name!r} needs a critic: pass critic=... for a non-TinyGPT policy")

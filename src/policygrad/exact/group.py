@@ -21,11 +21,12 @@ import math
 
 import torch
 
-from ._checks import check_positive_int, check_tensor
-from .exact import ExactProblem, flat_grad, flat_params
-from .reward_side import _check_group_options as check_group_options
-from .reward_side import group_advantages
-from .rollout import RolloutBatch
+from .._checks import check_positive_int, check_tensor
+from .._tensor import flat_grad, flat_params
+from ..reward_side.normalise import _check_group_options as check_group_options
+from ..reward_side.normalise import group_advantages
+from ..rollout import RolloutBatch
+from .enumeration import ExactProblem
 
 __all__ = [
     "MAX_GROUPS",
@@ -254,7 +255,7 @@ def enumerated_update(
     update is what one step moves along, comparable with :math:`\\nabla J`. Terminal rewards; at most
     :data:`MAX_GROUPS` groups. Derived in {ref}`sec-grpo-implied`.
     """
-    from .methods import get_method
+    from ..methods.base import get_method
 
     if not isinstance(problem, ExactProblem):
         raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")

@@ -38,8 +38,9 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_finite, check_positive_int, check_tensor
-from .exact import ExactProblem, flat_grad, flat_params
+from .._checks import check_finite, check_positive_int, check_tensor
+from .._tensor import flat_grad, flat_params
+from .enumeration import ExactProblem
 
 __all__ = [
     "natural_gradient",

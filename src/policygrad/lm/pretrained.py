@@ -20,11 +20,11 @@ the shipped files agree.) Each took under 10 s to train on one CPU thread.
 
 Load one with :func:`load_warm_start` (``torch.load(..., weights_only=True)``). Regenerate with::
 
-    python -m policygrad.regenerate_warm_starts            # every checkpoint
-    python -m policygrad.regenerate_warm_starts addition   # one
+    python -m policygrad.lm.regenerate_warm_starts            # every checkpoint
+    python -m policygrad.lm.regenerate_warm_starts addition   # one
 
 which retrains from the recorded seed on CPU with one thread and overwrites
-``src/policygrad/checkpoints/<task>.pt``; ``--check`` retrains into memory and only compares.
+``src/policygrad/lm/checkpoints/<task>.pt``; ``--check`` retrains into memory and only compares.
 The shipped files were built on the book's reference numeric path (:mod:`policygrad.numeric_path`),
 and the command runs on it (it sets the variables the environment does not set); there ``--check``
 requires the rebuild to be bitwise identical to the shipped file. Elsewhere the kernels round
@@ -46,11 +46,11 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_positive_int, check_tensor
-from .lm_tasks import Task, evaluate, make_task
-from .policies import token_log_probs
+from .._checks import check_positive_int, check_tensor
+from ..trajectory_side.logprobs import token_log_probs
+from ..utils import seed_everything
+from .tasks import Task, evaluate, make_task
 from .tinygpt import TinyGPT, TinyGPTConfig
-from .utils import seed_everything
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -78,7 +78,7 @@ EVAL_SIZE = 480
 class WarmStart:
     """The recipe of one shipped checkpoint and the accuracy it was documented at.
 
-    task: a name in :data:`policygrad.lm_tasks.TASKS`; n_layer, n_head, n_embd: the TinyGPT size (vocabulary
+    task: a name in :data:`policygrad.lm.tasks.TASKS`; n_layer, n_head, n_embd: the TinyGPT size (vocabulary
     and block size come from the task); seed: seeds the initialisation and the data order; lr, batch_size:
     Adam learning rate and problems per step; max_steps: a hard cap; check_every: steps between checks of
     the stopping rule; stop_at: stop at the first check where greedy accuracy on ``task.sample_problems(
@@ -265,14 +265,14 @@ def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str 
     """
     p = checkpoint_path(task) if path is None else Path(path)
     if not p.is_file():
-        raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.regenerate_warm_starts {task}`")
+        raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.lm.regenerate_warm_starts {task}`")
     if path is None:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
         if digest != CHECKPOINT_SHA256[task]:
             raise ValueError(
                 f"the shipped checkpoint {p} does not match its recorded SHA-256 (got {digest[:12]}..., "
                 f"recorded {CHECKPOINT_SHA256[task][:12]}...): it was changed or damaged; reinstall the "
-                f"package or rebuild it with `python -m policygrad.regenerate_warm_starts {task}`"
+                f"package or rebuild it with `python -m policygrad.lm.regenerate_warm_starts {task}`"
             )
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
@@ -321,9 +321,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import numeric_path
+    from .. import numeric_path
 
-    parser = argparse.ArgumentParser(prog="python -m policygrad.regenerate_warm_starts", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m policygrad.lm.regenerate_warm_starts", description=__doc__.split("\n")[0])
     parser.add_argument("tasks", nargs="*", default=list(WARM_STARTS), help="tasks to rebuild (default: all)")
     parser.add_argument("--check", action="store_true", help="retrain in memory and compare; write nothing")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="directory to write the checkpoints to")

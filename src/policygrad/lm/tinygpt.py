@@ -4,7 +4,7 @@ Written to be read top to bottom, in the spirit of nanoGPT: learned token and po
 ``n_layer`` pre-LayerNorm blocks (causal self-attention, then a GELU MLP, each added to the residual
 stream), a final LayerNorm and a linear head that is tied to the token embedding by default.
 
-The policy protocol (see :mod:`policygrad.policies`) is the teacher-forced forward
+The policy protocol (see :mod:`policygrad.toy`) is the teacher-forced forward
 ``model(prompts, completions) -> logits (B, T, V)``, where position ``t`` holds the logits of
 :math:`\\pi_\\theta(\\cdot \\mid x, y_{<t})`. Because :mod:`policygrad.exact` uses nothing else,
 :class:`policygrad.ExactProblem` computes exact objectives and gradients for TinyGPT unchanged.
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_positive_int, check_tensor
-from .policies import token_entropy, token_log_probs
-from .rollout import Samples
+from .._checks import check_positive_int, check_tensor
+from ..rollout import Samples
+from ..trajectory_side.logprobs import token_entropy, token_log_probs
 
 __all__ = ["TinyGPTConfig", "TinyGPT", "KVCache", "TinyGPTCritic"]
 

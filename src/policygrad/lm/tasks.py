@@ -44,9 +44,9 @@ from functools import cached_property
 
 import torch
 
-from ._checks import check_positive_int, check_tensor
-from .exact import MAX_ENUMERATION, ExactProblem, enumerate_completions
-from .rollout import Samples
+from .._checks import check_positive_int, check_tensor
+from ..exact.enumeration import MAX_ENUMERATION, ExactProblem, enumerate_completions
+from ..rollout import Samples
 
 __all__ = [
     "TOOL_TOKENS",
@@ -743,7 +743,7 @@ def success_probabilities(
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     check_positive_int(batch_size, "batch_size")
-    from .policies import token_log_probs
+    from ..trajectory_side.logprobs import token_log_probs
 
     device = next(policy.parameters()).device
     was_training = policy.training

@@ -1,14 +1,8 @@
-"""Policies: anything that maps (prompt, completion prefix) to a distribution over the next token.
+"""The tabular softmax policy: one free logit vector per (prompt, completion prefix).
 
-The one protocol every policy in the book follows (the tabular policy here, the transformer later):
-
-* ``policy(prompts, completions)`` returns next-token logits ``(B, T, V)``; position ``t`` holds the
-  logits of :math:`\\pi_\\theta(\\cdot \\mid x, y_{<t})`, computed by teacher forcing on ``completions (B, T)``.
-* ``policy.sample(prompts, generator=...)`` returns a :class:`policygrad.rollout.Samples`.
-
-From logits, :func:`token_log_probs` and :func:`token_entropy` give the per-token quantities that every
-estimator uses. Because :mod:`policygrad.exact` relies only on this forward, exact enumeration works for
-every policy. Introduced in {ref}`sec-objective-lm`.
+It follows the policy protocol of {ref}`sec-objective-lm`: ``policy(prompts, completions)`` returns
+next-token logits ``(B, T, V)``; ``policy.sample(prompts, generator=...)`` returns a
+:class:`policygrad.rollout.Samples`. Introduced in {ref}`sec-objective-toy`.
 """
 
 from __future__ import annotations
@@ -16,42 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_positive_int, check_tensor
-from .rollout import Samples
+from .._checks import check_positive_int, check_tensor
+from ..rollout import Samples
+from ..trajectory_side.logprobs import token_log_probs
 
-__all__ = ["TabularPolicy", "token_log_probs", "token_entropy", "sequence_log_probs"]
-
-
-def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-token log-probabilities :math:`\\log \\pi(y_t \\mid x, y_{<t})`.
-
-    logits: ``(B, T, V)``; tokens: ``(B, T)`` integer ids. Returns ``(B, T)``.
-    """
-    check_tensor(logits, "logits", 3)
-    check_tensor(tokens, "tokens", 2)
-    if logits.shape[:2] != tokens.shape:
-        raise ValueError(
-            f"logits (B, T, V) and tokens (B, T) disagree: {tuple(logits.shape)} vs {tuple(tokens.shape)}"
-        )
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
-        raise ValueError(f"tokens must lie in [0, {logits.shape[-1] - 1}] (the vocabulary)")
-    logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each next-token distribution, :math:`-\\sum_v \\pi_v \\log \\pi_v`. ``(B, T, V) -> (B, T)``."""
-    check_tensor(logits, "logits", 3)
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def sequence_log_probs(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:math:`\\log p_\\theta(y \\mid x) = \\sum_t m_t \\log \\pi_\\theta(y_t \\mid x, y_{<t})`. ``(B, T) -> (B,)``."""
-    check_tensor(token_logp, "token_logp", 2)
-    if mask.shape != token_logp.shape:
-        raise ValueError(f"mask must have shape {tuple(token_logp.shape)}, got {tuple(mask.shape)}")
-    return (token_logp * mask.to(token_logp.dtype)).sum(-1)
+__all__ = ["TabularPolicy"]
 
 
 class TabularPolicy(nn.Module):

@@ -1,7 +1,7 @@
 """Enumerable toy tasks: a contextual bandit and short token-sequence tasks with exact rewards.
 
 Each builder returns an :class:`policygrad.exact.ExactProblem` (prompts are ids ``0..N-1`` with a
-uniform distribution) together with the :class:`policygrad.policies.TabularPolicy` shape it needs.
+uniform distribution) together with the :class:`policygrad.toy.TabularPolicy` shape it needs.
 Introduced in {ref}`sec-objective-toy`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int, check_unit_interval
-from .exact import ExactProblem, enumerate_completions
+from .._checks import check_positive_int, check_unit_interval
+from ..exact.enumeration import ExactProblem, enumerate_completions
 
 __all__ = ["contextual_bandit", "target_sequence_task", "variable_length_task"]
 

@@ -16,21 +16,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ._checks import check_finite, check_positive_int, check_tensor, check_unit_interval
-from .policies import token_log_probs
+from .._checks import check_finite, check_positive_int, check_tensor, check_unit_interval
+from .._tensor import flat_grad, flat_params
+from ..trajectory_side.logprobs import token_log_probs
 
-__all__ = [
-    "MAX_ENUMERATION",
-    "MAX_FISHER_PARAMS",
-    "enumerate_completions",
-    "ExactProblem",
-    "flat_params",
-    "flat_grad",
-    "objective_landscape",
-]
+__all__ = ["MAX_ENUMERATION", "MAX_FISHER_PARAMS", "enumerate_completions", "ExactProblem", "objective_landscape"]
+
 
 #: Largest number of (prompt, completion) pairs an enumeration may have.
 MAX_ENUMERATION = 250_000
+
 
 #: Largest parameter count :meth:`ExactProblem.fisher` forms a dense ``(P, P)`` matrix for (3.2 GB in float64).
 MAX_FISHER_PARAMS = 20_000
@@ -77,22 +72,6 @@ def enumerate_completions(
                     rows.append(list(prefix))
                     masks.append([1] * max_len)
     return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.get_default_dtype())
-
-
-def flat_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The trainable parameters of ``module`` in a fixed order (the order of every flat gradient)."""
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def flat_grad(
-    scalar: torch.Tensor, params: list[torch.Tensor], *, create_graph: bool = False
-) -> torch.Tensor:
-    """Gradient of a scalar w.r.t. ``params`` as one flat vector ``(P,)`` (zeros for unused params)."""
-    check_tensor(scalar, "scalar")
-    if scalar.numel() != 1:
-        raise ValueError(f"flat_grad needs a scalar, got shape {tuple(scalar.shape)}")
-    grads = torch.autograd.grad(scalar, params, allow_unused=True, create_graph=create_graph)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
 
 
 @dataclass(frozen=True)
@@ -205,7 +184,7 @@ class ExactProblem:
 
     def returns_to_go(self) -> torch.Tensor:
         """:math:`G_t = \\sum_{s \\ge t} \\gamma^{s-t} r_s` for every (prompt, completion, t): ``(N, K, L)``."""
-        from .reward_side import returns_to_go
+        from ..reward_side.returns import returns_to_go
 
         r = self.step_rewards()
         N, K, L = r.shape
@@ -361,10 +340,10 @@ class ExactProblem:
         :math:`s=\\nabla_\\theta\\log p_\\theta(y\\mid x)` is the score of the whole completion, in the
         order of :func:`flat_params`. :math:`F` is the Hessian of
         :math:`\\theta\\mapsto\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\,\\|\\,p_\\theta)` at
-        :math:`\\theta=\\theta_\\text{old}`: the metric of the trust region (see :mod:`policygrad.trust_region`).
+        :math:`\\theta=\\theta_\\text{old}`: the metric of the trust region (see :mod:`policygrad.exact.trust_region`).
         Symmetric positive semi-definite; directions that shift a softmax row by a constant are in its null space.
         Raises ValueError if ``P > MAX_FISHER_PARAMS``: the dense matrix needs ``P**2`` numbers (use
-        :func:`policygrad.trust_region.fisher_vector_product` instead).
+        :func:`policygrad.exact.trust_region.fisher_vector_product` instead).
         """
         params = flat_params(policy)
         P = sum(p.numel() for p in params)

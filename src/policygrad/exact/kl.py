@@ -37,9 +37,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ._checks import check_tensor
-from .exact import ExactProblem, flat_grad, flat_params
-from .trajectory_side import KL_ESTIMATORS, kl_estimate
+from .._checks import check_tensor
+from .._tensor import flat_grad, flat_params
+from ..trajectory_side.kl import KL_ESTIMATORS, kl_estimate
+from .enumeration import ExactProblem
 
 __all__ = [
     "PENALTY_FORMS",

@@ -1,6 +1,6 @@
-"""Command line: rebuild the shipped warm-start checkpoints (see :mod:`policygrad.pretrained`).
+"""Command line: rebuild the shipped warm-start checkpoints (see :mod:`policygrad.lm.pretrained`).
 
-``python -m policygrad.regenerate_warm_starts [TASK ...] [--check] [--out DIR]``
+``python -m policygrad.lm.regenerate_warm_starts [TASK ...] [--check] [--out DIR]``
 
 The rebuild runs on the book's reference numeric path (:mod:`policygrad.numeric_path`). Its variables
 are read when torch initialises, which has happened by the time this module runs, so a command started
@@ -10,7 +10,7 @@ without them is re-executed once with them set (values the user set are kept).
 import os
 import sys
 
-from . import numeric_path
+from .. import numeric_path
 from .pretrained import main
 
 if __name__ == "__main__":

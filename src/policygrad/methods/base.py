@@ -1,0 +1,136 @@
+"""The :class:`Method` type and the registry.
+
+A :class:`Method` names one reward-side recipe and one trajectory-side recipe, how to sample (group
+size, inner epochs) and its metadata: the paper, which side(s) it changes relative to plain REINFORCE
+and why, what it leaves unsolved, and the names TRL and verl use for it. The registry (:data:`METHODS`,
+:func:`get_method`) is the single source for the training loop, the comparison tables and the map of
+methods. Introduced in {ref}`sec-tinylm-methods`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_positive_int
+from ..rollout import RolloutBatch
+
+__all__ = ["SIDES", "AdvantageFn", "LossFn", "Method", "METHODS", "register", "get_method", "method_names", "methods_table"]
+
+
+#: The two factors a method can change.
+SIDES = ("reward", "trajectory")
+
+
+#: A reward-side recipe: the batch -> per-token weights ``(B, T)`` (0 where the loss mask is 0).
+AdvantageFn = Callable[[RolloutBatch], torch.Tensor]
+
+
+#: A trajectory-side recipe: ``(log_probs (B, T) with gradient, batch, advantages (B, T))`` ->
+#: ``(loss, stats)``; loss = −surrogate, stats a dict of floats (e.g. ``clip_frac``).
+LossFn = Callable[[torch.Tensor, RolloutBatch, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named policy-gradient method.
+
+    name: registry key; title: how the book names it; advantages: the reward-side recipe; loss: the
+    trajectory-side recipe; group_size: completions sampled per prompt (``G``); inner_epochs and
+    minibatches: passes over each batch and optimiser steps per pass (1 and 1 = on-policy);
+    needs_reference: whether the loss reads ``batch.ref_log_probs``; changes: the side(s) it changes
+    relative to plain REINFORCE (a subset of :data:`SIDES`; empty for REINFORCE itself); paper: a
+    ``references.bib`` key; why: the problem the change addresses; unsolved: what it leaves open;
+    trl, verl: the closest names in those frameworks (None where there is none); section: the label of
+    the book section that derives it.
+
+    Methods with a critic (a learned value model) also give value_targets (the batch -> the critic's
+    regression targets ``(B, T)``) and value_loss (``(values (B, T) with gradient, batch, targets)`` -> the
+    critic's loss); :func:`policygrad.train.train` then keeps a critic, puts its values of the sampled states in
+    ``batch.values`` before the advantages are computed, and trains it alongside the policy.
+    """
+
+    name: str
+    title: str
+    advantages: AdvantageFn
+    loss: LossFn
+    group_size: int = 1
+    inner_epochs: int = 1
+    minibatches: int = 1
+    needs_reference: bool = False
+    changes: tuple[str, ...] = ()
+    paper: str = ""
+    why: str = ""
+    unsolved: str = ""
+    trl: str | None = None
+    verl: str | None = None
+    section: str = ""
+    value_targets: AdvantageFn | None = None
+    value_loss: Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def needs_critic(self) -> bool:
+        """Whether the method trains a value model (it defines value_targets and value_loss)."""
+        return self.value_loss is not None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"method name must be an identifier-like string, got {self.name!r}")
+        if not callable(self.advantages) or not callable(self.loss):
+            raise ValueError("advantages and loss must be callables")
+        for attr in ("group_size", "inner_epochs", "minibatches"):
+            check_positive_int(getattr(self, attr), attr)
+        bad = [s for s in self.changes if s not in SIDES]
+        if bad or len(set(self.changes)) != len(self.changes):
+            raise ValueError(f"changes must be distinct entries of {SIDES}, got {self.changes!r}")
+        if (self.value_targets is None) != (self.value_loss is None):
+            raise ValueError("a method with a critic needs both value_targets and value_loss (or neither)")
+        for attr in ("value_targets", "value_loss"):
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise ValueError(f"{attr} must be a callable or None")
+
+
+#: The registry: name -> :class:`Method`.
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to :data:`METHODS` (ValueError if the name is taken, unless ``replace``)."""
+    if not isinstance(method, Method):
+        raise ValueError(f"expected a Method, got {type(method).__name__}")
+    if method.name in METHODS and not replace:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(method: str | Method) -> Method:
+    """The registered method of that name (a :class:`Method` is returned as is)."""
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered: {method_names()}")
+    return METHODS[method]
+
+
+def method_names() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(METHODS)
+
+
+def methods_table() -> list[dict]:
+    """One row per registered method (name, title, sides changed, paper, TRL and verl names), for tables."""
+    return [
+        {
+            "method": m.name,
+            "title": m.title,
+            "changes": ", ".join(m.changes) or "—",
+            "paper": m.paper,
+            "trl": m.trl or "—",
+            "verl": m.verl or "—",
+        }
+        for m in METHODS.values()
+    ]

@@ -1,0 +1,75 @@
+"""REINFORCE and REINFORCE with a batch leave-one-out baseline (Part I's estimator as a registered method).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reward_side.baselines import leave_one_out_baseline
+from ..reward_side.returns import broadcast_to_tokens
+from ..rollout import RolloutBatch
+from ..trajectory_side.surrogates import pg_surrogate
+from .base import Method, register
+
+__all__ = ["reinforce_advantages", "batch_loo_advantages", "reinforce_loss"]
+
+
+def reinforce_advantages(batch: RolloutBatch) -> torch.Tensor:
+    """Every trained token of a completion gets its return: :math:`A_{i,t} = R(\\tau_i)`. ``(B, T)``.
+
+    Eq. {eq}`eq-reinforce`; per-step rewards are summed into the return (no reward-to-go).
+    """
+    return broadcast_to_tokens(batch.sequence_rewards, batch.loss_mask)
+
+
+def batch_loo_advantages(batch: RolloutBatch) -> torch.Tensor:
+    """The return minus the mean return of the *other* rows of the batch: :math:`R_i - \\frac{1}{B-1}\\sum_{j\\ne i}R_j`.
+
+    The baseline ignores which prompt a row belongs to, so it is the Part I leave-one-out baseline
+    (eq. {eq}`eq-loo-baseline`) applied to the whole batch: unbiased, but it cannot tell an easy prompt
+    from a hard one. Needs ``B >= 2``. ``(B, T)``.
+    """
+    R = batch.sequence_rewards
+    return broadcast_to_tokens(R - leave_one_out_baseline(R), batch.loss_mask)
+
+
+def reinforce_loss(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Loss = −:func:`policygrad.trajectory_side.pg_surrogate`: :math:`-\\frac1B\\sum_{i,t} m_{i,t} A_{i,t}\\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
+
+    The sum over a sequence's tokens is the sequence's log-probability, so the gradient is the
+    REINFORCE estimate of :math:`\\nabla J` itself (no per-token averaging, no ratio). A batch whose loss
+    mask is empty gives loss 0 with a zero gradient.
+    """
+    if not bool((batch.loss_mask != 0).any()):
+        return (logp * 0.0).sum(), {}
+    return -pg_surrogate(logp, advantages, batch.loss_mask), {}
+
+
+register(
+    Method(
+        name="reinforce",
+        title="REINFORCE",
+        advantages=reinforce_advantages,
+        loss=reinforce_loss,
+        paper="williams1992",
+        why="the plain score-function estimator of the gradient of J: unbiased, nothing changed",
+        unsolved="high variance: every sample is pushed up in proportion to its raw reward",
+        section="sec-reinforce-estimator",
+    )
+)
+
+
+register(
+    Method(
+        name="reinforce_baseline",
+        title="REINFORCE with a batch leave-one-out baseline",
+        advantages=batch_loo_advantages,
+        loss=reinforce_loss,
+        changes=("reward",),
+        paper="williams1992",
+        why="subtracting a baseline that does not depend on the sample keeps the estimate unbiased and cuts its variance",
+        unsolved="one baseline for all prompts: an easy prompt's successes and a hard prompt's failures are compared "
+        "with the same number",
+        section="sec-reinforce-baselines",
+    )
+)

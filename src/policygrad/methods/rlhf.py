@@ -1,0 +1,103 @@
+"""RLHF-style PPO: a critic, token-level GAE, the reference KL in the reward, whitened advantages (chapter 06).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..reward_side.critic import clipped_value_loss
+from ..reward_side.normalise import whiten
+from ..reward_side.shaping import kl_shaped_rewards
+from ..reward_side.td import gae
+from ..rollout import RolloutBatch
+from .base import Method, register
+from .ppo import ppo_loss
+
+__all__ = ["rlhf_gae", "rlhf_advantages", "rlhf_value_targets", "rlhf_ppo"]
+
+
+def rlhf_gae(
+    batch: RolloutBatch, *, beta: float = 0.05, kl_kind: str = "k1", gamma: float = 1.0, lam: float = 0.95
+) -> torch.Tensor:
+    """Token-level GAE on the KL-shaped rewards of the language-model MDP, before any whitening. ``(B, T)``.
+
+    Per-token rewards: the outcome reward on the last trained token, minus :math:`\\beta\\,k_t` on every trained
+    token (:func:`policygrad.reward_side.kl_shaped_rewards`, k1 by default, from ``batch.old_log_probs`` and
+    ``batch.ref_log_probs``); then :func:`policygrad.reward_side.gae` with the critic's ``batch.values``. The
+    state after the last token is terminal (value 0), truncated completions included: their outcome reward is
+    final. Derived in {ref}`sec-rlhf-ppo`.
+    """
+    if batch.values is None:
+        raise ValueError("RLHF-style PPO needs a critic: batch.values is None (train() fills it for critic methods)")
+    if beta > 0 and batch.ref_log_probs is None:
+        raise ValueError("a KL penalty in the reward needs batch.ref_log_probs")
+    m = batch.loss_mask
+    ref = batch.old_log_probs if batch.ref_log_probs is None else batch.ref_log_probs
+    outcome = batch.sequence_rewards
+    rewards = kl_shaped_rewards(outcome, batch.old_log_probs, ref, m, beta=beta, kind=kl_kind)
+    return gae(rewards, batch.values * m, m, gamma=gamma, lam=lam)
+
+
+def rlhf_advantages(batch: RolloutBatch, *, whiten_advantages: bool = True, **gae_options) -> torch.Tensor:
+    """The policy's advantages: :func:`rlhf_gae`, whitened over the batch's trained tokens
+    (:func:`policygrad.reward_side.whiten`) unless ``whiten_advantages=False``. ``(B, T)``."""
+    adv = rlhf_gae(batch, **gae_options)
+    return whiten(adv, batch.loss_mask) if whiten_advantages else adv
+
+
+def rlhf_value_targets(batch: RolloutBatch, **gae_options) -> torch.Tensor:
+    """The critic's regression targets: the GAE(λ) returns :math:`\\hat A_t + V_\\text{old}(s_t)` (unwhitened). ``(B, T)``."""
+    return (rlhf_gae(batch, **gae_options) + batch.values) * batch.loss_mask
+
+
+def _rlhf_value_loss(values: torch.Tensor, batch: RolloutBatch, targets: torch.Tensor, *, clip: float | None) -> torch.Tensor:
+    return clipped_value_loss(values, batch.values, targets, batch.loss_mask, clip=clip)
+
+
+def rlhf_ppo(
+    name: str = "ppo_rlhf",
+    *,
+    beta: float = 0.05,
+    kl_kind: str = "k1",
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten_advantages: bool = True,
+    eps: float = 0.2,
+    value_clip: float | None = 0.2,
+    inner_epochs: int = 4,
+    minibatches: int = 4,
+) -> Method:
+    """Build an RLHF-style PPO :class:`Method` (not registered; :func:`register` it to train by name).
+
+    Reward side: :func:`rlhf_advantages` (the critic, GAE(γ, λ), the reference KL ``beta``·``kl_kind`` in the
+    reward, whitening); trajectory side: the PPO clip with ``eps``, token-mean; the critic regresses on
+    :func:`rlhf_value_targets` with PPO's clipped value loss (``value_clip``). Defaults follow Ziegler et al.
+    (2019) and Ouyang et al. (2022) as far as they apply to a 0/1 outcome reward.
+    """
+    gae_options = {"beta": beta, "kl_kind": kl_kind, "gamma": gamma, "lam": lam}
+    return Method(
+        name=name,
+        title=f"PPO with a critic, GAE and the reference KL in the reward (RLHF-style, beta = {beta:g})",
+        advantages=functools.partial(rlhf_advantages, whiten_advantages=whiten_advantages, **gae_options),
+        loss=functools.partial(ppo_loss, eps=eps),
+        value_targets=functools.partial(rlhf_value_targets, **gae_options),
+        value_loss=functools.partial(_rlhf_value_loss, clip=value_clip),
+        inner_epochs=inner_epochs,
+        minibatches=minibatches,
+        needs_reference=beta > 0,
+        changes=("reward", "trajectory"),
+        paper="ouyang2022",
+        why="a learned critic gives every token its own baseline V(s_t), GAE trades its bias against variance, "
+        "and the KL in the reward keeps the policy near the reference; the clip lets each batch be reused",
+        unsolved="a second network as large as the policy to train and store; the critic is wrong early in "
+        "training, which biases the advantages; with one reward at the end, the critic has little to learn from",
+        trl="experimental PPOTrainer (kl_coef, vf_coef, cliprange_value, gamma, lam, whiten_rewards)",
+        verl="adv_estimator=gae, use_kl_in_reward=True (kl_ctrl.kl_coef), critic",
+        section="sec-rlhf-ppo",
+        extra=dict(gae_options, whiten_advantages=whiten_advantages, eps=eps, value_clip=value_clip),
+    )
+
+
+register(rlhf_ppo())

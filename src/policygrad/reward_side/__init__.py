@@ -1,0 +1,42 @@
+"""The reward side: what multiplies the score :math:`\\nabla_\\theta\\log\\pi_\\theta(y_t\\mid s_t)`.
+
+Returns and GAE, baselines (leave-one-out, learned), group normalisers and whitening, KL reward
+shaping, the critic's loss. Padded ``(B, T)`` batches with an explicit mask; 0 where the mask is 0.
+"""
+
+from __future__ import annotations
+
+from . import baselines, critic, masks, normalise, returns, shaping, td
+from .baselines import TabularValue, leave_one_out_baseline, optimal_constant_baseline
+from .critic import clipped_value_loss, explained_variance
+from .normalise import group_advantages, group_step_advantages, whiten
+from .returns import broadcast_to_tokens, reinforce_weights, returns_to_go, terminal_to_steps, total_return
+from .shaping import kl_shaped_rewards
+from .td import gae, n_step_returns, td_residuals
+
+__all__ = [
+    "masks",
+    "returns",
+    "td",
+    "baselines",
+    "normalise",
+    "shaping",
+    "critic",
+    "returns_to_go",
+    "total_return",
+    "broadcast_to_tokens",
+    "reinforce_weights",
+    "terminal_to_steps",
+    "td_residuals",
+    "n_step_returns",
+    "gae",
+    "optimal_constant_baseline",
+    "leave_one_out_baseline",
+    "TabularValue",
+    "whiten",
+    "group_advantages",
+    "group_step_advantages",
+    "kl_shaped_rewards",
+    "clipped_value_loss",
+    "explained_variance",
+]

@@ -1,0 +1,106 @@
+"""KL to a reference policy as a loss term: the k1/k2/k3 estimators, their straight-through variants,
+the KL loss, and the adaptive KL coefficient. Derived in {ref}`sec-rlhf-estimators`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_finite, check_positive_int, check_tensor
+from .aggregation import aggregate
+from .masks import _check_per_token
+
+__all__ = ["KL_ESTIMATORS", "kl_estimate", "kl_loss", "AdaptiveKLController"]
+
+
+#: The KL estimators :func:`kl_estimate` knows. ``"k1+"``/``"k3+"``: value of k1/k3, gradient of k2.
+KL_ESTIMATORS = ("k1", "k2", "k3", "k1+", "k3+")
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimators of :math:`\\mathrm{KL}(\\pi_\\theta\\,\\|\\,\\pi_\\text{ref})` from tokens sampled from :math:`\\pi_\\theta`.
+
+    With :math:`x = \\log\\pi_\\theta(y_t\\mid s_t) - \\log\\pi_\\text{ref}(y_t\\mid s_t)` (any shape; ``ref_logp`` is a
+    constant):
+
+    * ``"k1"``: :math:`x` — unbiased, can be negative, high variance;
+    * ``"k2"``: :math:`\\tfrac12 x^2` — biased value, but as an on-policy loss its gradient is that of the
+      per-token reverse KL with the distribution of prefixes held fixed (the full gradient of the reverse KL
+      for one-token completions, not for sequences);
+    * ``"k3"``: :math:`e^{-x} + x - 1 \\ge 0` — unbiased, low variance (GRPO's KL term), computed as
+      ``expm1(-x) + x`` so round-off cannot make it negative;
+    * ``"k1+"``, ``"k3+"``: the value of k1 / k3 with the gradient of k2 (straight-through: value + k2 − sg(k2)).
+
+    Derived in {ref}`sec-rlhf-estimators`.
+    """
+    check_tensor(logp, "logp")
+    check_tensor(ref_logp, "ref_logp")
+    if ref_logp.shape != logp.shape:
+        raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
+    check_finite(ref_logp, "ref_logp")
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
+    x = logp - ref_logp.detach().to(logp.dtype)
+    if kind == "k1":
+        return x
+    k2 = 0.5 * x * x
+    if kind == "k2":
+        return k2
+    k3 = torch.expm1(-x) + x
+    if kind == "k3":
+        return k3
+    value = x if kind == "k1+" else k3
+    return value.detach() + (k2 - k2.detach())
+
+
+def kl_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kind: str = "k3",
+    aggregation: str = "token-mean",
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """The KL-to-reference loss term: :func:`aggregate` of :func:`kl_estimate` over the trained tokens.
+
+    Multiply by a coefficient :math:`\\beta` and add to a policy loss (trajectory side). Its gradient is
+    the gradient of :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` only in special cases: k2's is the gradient of
+    the per-token KLs with the distribution of prefixes held fixed, which is the sequence KL's gradient only
+    for one-token completions ({ref}`sec-rlhf-kl-gradients` measures this).
+    """
+    m = _check_per_token(logp, mask, "logp")
+    check_tensor(ref_logp, "ref_logp", 2)
+    if ref_logp.shape != logp.shape:
+        raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
+    # zero both on padding *before* the estimate: an inf on padding times a 0 mask would be NaN
+    return aggregate(kl_estimate(logp * m, ref_logp.to(logp.dtype) * m, kind) * m, mask, aggregation, max_len=max_len)
+
+
+class AdaptiveKLController:
+    """The adaptive KL coefficient of Ziegler et al. (2019): move :math:`\\beta` towards a target KL.
+
+    After each step with measured KL :math:`\\hat d`:
+    :math:`\\beta \\leftarrow \\beta\\,\\big(1 + \\mathrm{clip}((\\hat d - d_\\text{target})/d_\\text{target}, -0.2, 0.2)\\cdot n/H\\big)`
+    with ``n`` the samples in the step and ``H`` the horizon. Above target, :math:`\\beta` grows; below, it
+    shrinks; the clip bounds the change per step. Derived in {ref}`sec-ppo-kl-penalty`.
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: int) -> None:
+        for name, v in (("init_beta", init_beta), ("target", target)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+        self.beta = float(init_beta)
+        self.target = float(target)
+        self.horizon = check_positive_int(horizon, "horizon")
+
+    def update(self, kl: float, n_samples: int) -> float:
+        """Update and return :math:`\\beta` after a step that measured ``kl`` on ``n_samples`` samples."""
+        if isinstance(kl, bool) or not isinstance(kl, (int, float)) or kl != kl:
+            raise ValueError(f"kl must be a number (not NaN), got {kl!r}")  # +inf is fine: the step is clipped
+        check_positive_int(n_samples, "n_samples")
+        error = min(max((kl - self.target) / self.target, -0.2), 0.2)
+        self.beta *= 1.0 + error * n_samples / self.horizon
+        return self.beta

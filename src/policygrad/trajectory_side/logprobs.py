@@ -1,0 +1,46 @@
+"""Per-token log-probabilities and entropies from a policy's logits: the raw material of the score.
+
+The policy protocol (:mod:`policygrad.toy`, :mod:`policygrad.lm`): ``policy(prompts, completions)`` returns
+next-token logits ``(B, T, V)`` by teacher forcing; these functions turn them into the per-token
+:math:`\\log\\pi_\\theta(y_t\\mid s_t)` and entropies that every estimator uses. Introduced in {ref}`sec-objective-lm`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_tensor
+
+__all__ = ["token_log_probs", "token_entropy", "sequence_log_probs"]
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probabilities :math:`\\log \\pi(y_t \\mid x, y_{<t})`.
+
+    logits: ``(B, T, V)``; tokens: ``(B, T)`` integer ids. Returns ``(B, T)``.
+    """
+    check_tensor(logits, "logits", 3)
+    check_tensor(tokens, "tokens", 2)
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(
+            f"logits (B, T, V) and tokens (B, T) disagree: {tuple(logits.shape)} vs {tuple(tokens.shape)}"
+        )
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
+        raise ValueError(f"tokens must lie in [0, {logits.shape[-1] - 1}] (the vocabulary)")
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, :math:`-\\sum_v \\pi_v \\log \\pi_v`. ``(B, T, V) -> (B, T)``."""
+    check_tensor(logits, "logits", 3)
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_log_probs(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log p_\\theta(y \\mid x) = \\sum_t m_t \\log \\pi_\\theta(y_t \\mid x, y_{<t})`. ``(B, T) -> (B,)``."""
+    check_tensor(token_logp, "token_logp", 2)
+    if mask.shape != token_logp.shape:
+        raise ValueError(f"mask must have shape {tuple(token_logp.shape)}, got {tuple(mask.shape)}")
+    return (token_logp * mask.to(token_logp.dtype)).sum(-1)
