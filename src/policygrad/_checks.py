@@ -17,6 +17,8 @@ __all__ = [
     "check_mask",
     "check_unit_interval",
     "check_positive_int",
+    "check_float",
+    "check_device",
 ]
 
 
@@ -40,12 +42,54 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
         )
 
 
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ValueError if ``x`` contains NaN or infinite entries (for example a NaN reward)."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s)")
+def check_finite(x: torch.Tensor, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Raise ValueError if ``x`` contains NaN or infinite entries (for example a NaN reward).
+
+    With ``mask`` (same shape, 0/1 or bool) only the entries where the mask is nonzero are checked: values
+    on padded positions may be anything, because every function selects them away before any arithmetic.
+    """
+    if not x.is_floating_point():
+        return x
+    bad = ~torch.isfinite(x.detach())
+    if mask is not None:
+        bad = bad & (mask.detach() != 0)
+    if bool(bad.any()):
+        where = " on trained (unmasked) positions" if mask is not None else ""
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite value(s){where}")
     return x
+
+
+def check_float(x, name: str, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor (float16/bfloat16/32/64), else raise ValueError.
+
+    Integer, boolean and complex tensors are refused rather than silently promoted: a reward tensor of
+    dtype int64 or a bool mask passed as log-probabilities is a bug in the caller.
+    """
+    check_tensor(x, name, ndim)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_device(device) -> torch.device:
+    """Parse ``device`` and refuse one this machine does not have (``"cuda"`` without a GPU) with a ValueError."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} was requested but torch sees no MPS device on this machine")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
 
 
 def check_mask(

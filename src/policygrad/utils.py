@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from ._checks import check_device
+
 __all__ = ["seed_everything", "get_device", "make_generator", "show_source", "near_zero"]
 
 DEVICE_ENV = "POLICYGRAD_DEVICE"
@@ -42,7 +44,7 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     """A fresh torch generator seeded with ``seed`` (pass it to samplers to keep streams independent)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    g = torch.Generator(device=device)
+    g = torch.Generator(device=check_device(device))
     g.manual_seed(seed)
     return g
 
@@ -54,15 +56,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     """
     if device is None:
         device = os.environ.get(DEVICE_ENV, "cpu") or "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU on this machine")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    return dev
+    return check_device(device)
 
 
 def show_source(obj) -> object:
