@@ -61,6 +61,7 @@ BY_HAND = {
     "token-mean": 18 / 8,
     "seq-mean-token-sum-norm": 18 / (3 * 4),  # L_max = T = 4
     "seq-mean-token-sum": 18 / 3,
+    "token-sum": 18.0,
 }
 # d(aggregate)/d(L_{i,t}) = m_{i,t} * (per-row factor)
 GRAD_FACTOR = {
@@ -68,6 +69,7 @@ GRAD_FACTOR = {
     "token-mean": [1 / 8] * 3,
     "seq-mean-token-sum-norm": [1 / 12] * 3,
     "seq-mean-token-sum": [1 / 3] * 3,
+    "token-sum": [1.0] * 3,
 }
 
 
@@ -235,7 +237,7 @@ def test_sequence_log_ratio_is_the_exact_sequence_log_ratio():
         ({"level": "tokens"}, "unknown ratio level"),
         ({"level": None}, "unknown ratio level"),
         ({"old_logp": torch.zeros(2, 4)}, "old_logp must have the shape"),
-        ({"old_logp": torch.zeros(6)}, "old_logp must have 2 dimension"),
+        ({"old_logp": torch.zeros(6)}, "old_logp must have the shape"),
         ({"old_logp": torch.tensor([[0.0, float("nan"), 0.0]] * 2)}, "old_logp contains"),
         ({"old_logp": torch.tensor([[0.0, -float("inf"), 0.0]] * 2)}, "old_logp contains"),
         ({"mask": torch.ones(3, 2)}, "mask must have the shape"),

@@ -8,13 +8,44 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int
-from .masks import _check_per_token
+from .._tensor import select
+from .masks import check_per_token
 
-__all__ = ["AGGREGATIONS", "aggregate"]
-
+__all__ = ["AGGREGATIONS", "aggregation_weights", "aggregate"]
 
 #: The named ways of turning per-token losses ``(B, T)`` into one number (see :func:`aggregate`).
-AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum")
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum", "token-sum")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; choose one of {AGGREGATIONS}")
+
+
+def aggregation_weights(
+    mask: torch.Tensor, mode: str, *, max_len: int | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The weight :math:`w_{i,t}` each token gets in :func:`aggregate`: ``aggregate(L) = sum(w * L)``.
+
+    ``(B, T)``, 0 off the mask; see :func:`aggregate` for the modes. It is what makes the aggregations
+    comparable: e.g. ``"seq-mean-token-mean"`` gives a token of a completion of length :math:`|o_i|`
+    the weight :math:`1/(B|o_i|)`, ``"token-mean"`` gives every token :math:`1/\\sum m`.
+    """
+    m = check_per_token(torch.zeros(mask.shape, dtype=dtype), mask, "mask")
+    _check_mode(mode)
+    B, T = m.shape
+    mf = m.to(dtype)
+    if mode == "token-mean":
+        w = mf / mf.sum().clamp_min(1.0)
+    elif mode == "seq-mean-token-mean":
+        w = mf / (B * mf.sum(-1, keepdim=True).clamp_min(1.0))
+    elif mode == "seq-mean-token-sum":
+        w = mf / B
+    elif mode == "token-sum":
+        w = mf
+    else:
+        w = mf / (B * (T if max_len is None else check_positive_int(max_len, "max_len")))
+    return w
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len: int | None = None) -> torch.Tensor:
@@ -29,26 +60,27 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
     * ``"seq-mean-token-sum-norm"``: :math:`\\sum_{i,t} m_{i,t}L_{i,t} / (B\\,L_\\text{max})` with
       :math:`L_\\text{max}` = ``max_len`` (default ``T``) — a constant normaliser (Dr.GRPO);
     * ``"seq-mean-token-sum"``: :math:`\\frac1B\\sum_i\\sum_t m_{i,t}L_{i,t}` — the REINFORCE sum
-      (:func:`pg_surrogate`'s normalisation).
+      (:func:`pg_surrogate`'s normalisation);
+    * ``"token-sum"``: :math:`\\sum_{i,t} m_{i,t}L_{i,t}` — no normaliser at all (the loss of a batch is the
+      sum of its tokens' losses; verl's ``token-sum``).
 
-    Edge cases, all defined and never NaN: a row with an empty mask contributes 0 to the sequence modes
-    (and still counts in :math:`B`); an entirely empty mask gives 0 (with a zero gradient).
-    Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
+    Edge cases, all defined and never NaN: positions where the mask is 0 are selected away (a NaN there
+    changes nothing); a row with an empty mask contributes 0 to the sequence modes and still counts in
+    :math:`B` (verl 0.9 instead divides by the number of non-empty rows); an entirely empty mask gives 0
+    with a zero gradient. Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
     """
-    m = _check_per_token(per_token, mask, "per_token")
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {mode!r}; choose one of {AGGREGATIONS}")
+    m = check_per_token(per_token, mask, "per_token")
+    _check_mode(mode)
     B, T = per_token.shape
-    if B == 0:
-        raise ValueError("per_token has no rows")
-    masked = per_token * m
+    masked = select(per_token, m)
+    mf = m.to(per_token.dtype)
     if mode == "token-mean":
-        n = m.sum()
-        return masked.sum() / n.clamp_min(1.0)
+        return masked.sum() / mf.sum().clamp_min(1.0)
     if mode == "seq-mean-token-mean":
-        lengths = m.sum(-1)
-        return (masked.sum(-1) / lengths.clamp_min(1.0)).sum() / B
+        return (masked.sum(-1) / mf.sum(-1).clamp_min(1.0)).sum() / B
     if mode == "seq-mean-token-sum":
         return masked.sum() / B
+    if mode == "token-sum":
+        return masked.sum()
     L = T if max_len is None else check_positive_int(max_len, "max_len")
     return masked.sum() / (B * L)

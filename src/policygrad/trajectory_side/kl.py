@@ -8,9 +8,11 @@ import math
 
 import torch
 
-from .._checks import check_finite, check_positive_int, check_tensor
-from .aggregation import aggregate
-from .masks import _check_per_token
+from .._checks import check_finite, check_float, check_positive_int
+from .._tensor import compute_dtype, select
+from .aggregation import aggregate, aggregation_weights
+from .masks import TokenLosses, check_constant, check_per_token
+from .ratios import LOG_RATIO_CLAMP
 
 __all__ = ["KL_ESTIMATORS", "kl_estimate", "kl_loss", "AdaptiveKLController"]
 
@@ -30,25 +32,30 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
       per-token reverse KL with the distribution of prefixes held fixed (the full gradient of the reverse KL
       for one-token completions, not for sequences);
     * ``"k3"``: :math:`e^{-x} + x - 1 \\ge 0` — unbiased, low variance (GRPO's KL term), computed as
-      ``expm1(-x) + x`` so round-off cannot make it negative;
+      ``expm1(-x) + x`` so round-off cannot make it negative, with :math:`x` clamped to ±20 first (as verl's
+      ``low_var_kl``; verl also clamps the result to ±10, which we do not) so it stays finite;
     * ``"k1+"``, ``"k3+"``: the value of k1 / k3 with the gradient of k2 (straight-through: value + k2 − sg(k2)).
 
+    Inputs must be finite floats (use :func:`kl_loss` for padded batches); computed in at least float32.
     Derived in {ref}`sec-rlhf-estimators`.
     """
-    check_tensor(logp, "logp")
-    check_tensor(ref_logp, "ref_logp")
+    check_float(logp, "logp")
+    check_float(ref_logp, "ref_logp")
     if ref_logp.shape != logp.shape:
         raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
+    check_finite(logp, "logp")
     check_finite(ref_logp, "ref_logp")
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
-    x = logp - ref_logp.detach().to(logp.dtype)
+    dt = compute_dtype(logp, ref_logp)
+    x = logp.to(dt) - ref_logp.detach().to(dt)
     if kind == "k1":
         return x
     k2 = 0.5 * x * x
     if kind == "k2":
         return k2
-    k3 = torch.expm1(-x) + x
+    xc = torch.clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    k3 = torch.expm1(-xc) + xc
     if kind == "k3":
         return k3
     value = x if kind == "k1+" else k3
@@ -63,20 +70,24 @@ def kl_loss(
     kind: str = "k3",
     aggregation: str = "token-mean",
     max_len: int | None = None,
-) -> torch.Tensor:
+    per_token: bool = False,
+):
     """The KL-to-reference loss term: :func:`aggregate` of :func:`kl_estimate` over the trained tokens.
 
     Multiply by a coefficient :math:`\\beta` and add to a policy loss (trajectory side). Its gradient is
     the gradient of :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` only in special cases: k2's is the gradient of
     the per-token KLs with the distribution of prefixes held fixed, which is the sequence KL's gradient only
-    for one-token completions ({ref}`sec-rlhf-kl-gradients` measures this).
+    for one-token completions ({ref}`sec-rlhf-kl-gradients` measures this). Padded positions are selected
+    away before the estimate (a NaN or inf there changes nothing). Returns the loss, or
+    ``(loss, TokenLosses)`` with ``per_token=True``.
     """
-    m = _check_per_token(logp, mask, "logp")
-    check_tensor(ref_logp, "ref_logp", 2)
-    if ref_logp.shape != logp.shape:
-        raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
-    # zero both on padding *before* the estimate: an inf on padding times a 0 mask would be NaN
-    return aggregate(kl_estimate(logp * m, ref_logp.to(logp.dtype) * m, kind) * m, mask, aggregation, max_len=max_len)
+    m = check_per_token(logp, mask, "logp")
+    ref = check_constant(ref_logp, logp, "ref_logp", m)
+    k = select(kl_estimate(select(logp, m), ref, kind), m)
+    loss = aggregate(k, m, aggregation, max_len=max_len)
+    if not per_token:
+        return loss
+    return loss, TokenLosses(k, aggregation_weights(m, aggregation, max_len=max_len, dtype=k.dtype))
 
 
 class AdaptiveKLController:

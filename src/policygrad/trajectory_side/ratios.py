@@ -1,5 +1,8 @@
 """Importance ratios between the current policy and the one that sampled the tokens: token, sequence, geometric.
 
+Ratios are formed in log space and exponentiated only through :func:`safe_ratio`, which clamps the
+log-ratio to :math:`\\pm` :data:`LOG_RATIO_CLAMP` first (as verl does), so a log-ratio of 1000 from a stale or
+broken sampler gives a large but finite ratio and a zero gradient instead of ``inf`` and ``nan``.
 Derived in {ref}`sec-ppo-reuse` and {ref}`sec-ppo-epochs`.
 """
 
@@ -7,14 +10,22 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_tensor
-from .masks import _check_per_token
+from .._tensor import compute_dtype, select
+from .masks import check_constant, check_per_token
 
-__all__ = ["RATIO_LEVELS", "log_ratios"]
-
+__all__ = ["RATIO_LEVELS", "LOG_RATIO_CLAMP", "log_ratios", "safe_ratio"]
 
 #: Levels at which an importance ratio can be formed (see :func:`log_ratios`).
 RATIO_LEVELS = ("token", "sequence", "geometric")
+
+#: Log-ratios are clamped to ``[-20, 20]`` before ``exp`` (verl's ``compute_policy_loss`` uses the same bound):
+#: :math:`e^{20}\\approx 4.9\\cdot10^8` is finite in float32 and the gradient beyond the bound is 0.
+LOG_RATIO_CLAMP = 20.0
+
+
+def safe_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    """:math:`\\exp(\\mathrm{clamp}(\\log r, -20, 20))`: finite for every finite input, 0 gradient outside the clamp."""
+    return torch.exp(torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
@@ -29,19 +40,17 @@ def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, l
     * ``"geometric"``: :math:`\\frac{1}{|o_i|}\\sum_t \\log r_{i,t}`, the log of their *geometric mean*
       (GSPO's length-normalised sequence ratio), ``(B,)``; 0 for a row with an empty mask.
 
-    Derived in {ref}`sec-ppo-reuse` and {ref}`sec-ppo-epochs`.
+    Computed in at least float32 (:func:`policygrad._tensor.compute_dtype`). The sequence levels can be
+    passed straight to :func:`policygrad.trajectory_side.clip_loss`. Derived in {ref}`sec-ppo-reuse` and
+    {ref}`sec-ppo-epochs`.
     """
-    check_tensor(logp, "logp", 2)
-    check_tensor(old_logp, "old_logp", 2)
-    if old_logp.shape != logp.shape:
-        raise ValueError(f"old_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
-    m = _check_per_token(logp, mask, "logp")
-    check_finite(old_logp, "old_logp")
+    m = check_per_token(logp, mask, "logp")
+    old = check_constant(old_logp, logp, "old_logp", m)
     if level not in RATIO_LEVELS:
         raise ValueError(f"unknown ratio level {level!r}; choose one of {RATIO_LEVELS}")
-    lr = (logp - old_logp.detach().to(logp.dtype)) * m
+    lr = select(logp.to(compute_dtype(logp)) - old, m)
     if level == "token":
         return lr
     if level == "sequence":
         return lr.sum(-1)
-    return lr.sum(-1) / m.sum(-1).clamp_min(1.0)
+    return lr.sum(-1) / m.sum(-1).clamp_min(1).to(lr.dtype)

@@ -7,28 +7,57 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_mask, check_tensor
-from .._tensor import flat_grad, flat_params
+from .._tensor import flat_grad, flat_params, select
 from ..rollout import Samples
+from .aggregation import aggregate, aggregation_weights
 from .logprobs import token_log_probs
+from .masks import TokenLosses, check_constant, check_per_token
 
-__all__ = ["pg_surrogate", "score_function_gradient"]
+__all__ = ["pg_surrogate", "policy_gradient_loss", "score_function_gradient"]
 
 
-def pg_surrogate(logp: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pg_surrogate(
+    logp: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    aggregation: str = "seq-mean-token-sum",
+    max_len: int | None = None,
+) -> torch.Tensor:
     """The REINFORCE surrogate :math:`\\frac1B\\sum_i\\sum_t m_{i,t}\\, w_{i,t}\\, \\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
 
     logp: ``(B, T)`` with gradient; weights: ``(B, T)`` treated as constants (detached); mask ``(B, T)``.
     Its gradient is the Monte Carlo estimate of :math:`\\nabla J` (eq. {eq}`eq-reinforce`); its *value*
-    means nothing on its own. Derived in {ref}`sec-reinforce-estimator`.
+    means nothing on its own. The default ``aggregation="seq-mean-token-sum"`` is the :math:`\\frac1B\\sum_i\\sum_t`
+    above (a sum over a sequence's tokens is its log-probability); any mode of
+    :func:`policygrad.trajectory_side.aggregate` can be asked for. Derived in {ref}`sec-reinforce-estimator`.
     """
-    check_tensor(logp, "logp", 2)
-    check_tensor(weights, "weights", 2)
-    if weights.shape != logp.shape:
-        raise ValueError(f"weights must have the shape of logp {tuple(logp.shape)}, got {tuple(weights.shape)}")
-    check_finite(weights, "weights")
-    m = check_mask(mask, "mask", logp.shape).to(logp.dtype)
-    return (m * weights.detach().to(logp.dtype) * logp).sum() / logp.shape[0]
+    m = check_per_token(logp, mask, "logp")
+    w = check_constant(weights, logp, "weights", m)
+    return aggregate(select(w * logp.to(w.dtype), m), m, aggregation, max_len=max_len)
+
+
+def policy_gradient_loss(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    aggregation: str = "seq-mean-token-sum",
+    max_len: int | None = None,
+    per_token: bool = False,
+):
+    """The REINFORCE loss on plain tensors: −:func:`pg_surrogate`, per token :math:`L_{i,t} = -A_{i,t}\\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
+
+    Returns ``(loss, stats)`` like every other loss (stats is empty: there is no ratio), or
+    ``(loss, stats, TokenLosses)`` with ``per_token=True``. An empty mask gives 0 with a zero gradient.
+    """
+    m = check_per_token(logp, mask, "logp")
+    A = check_constant(advantages, logp, "advantages", m)
+    loss_t = select(-A * logp.to(A.dtype), m)
+    loss = aggregate(loss_t, m, aggregation, max_len=max_len)
+    if not per_token:
+        return loss, {}
+    return loss, {}, TokenLosses(loss_t, aggregation_weights(m, aggregation, max_len=max_len, dtype=loss_t.dtype))
 
 
 def score_function_gradient(policy: torch.nn.Module, samples: Samples, weights: torch.Tensor) -> torch.Tensor:
