@@ -229,6 +229,7 @@ def test_rollout_batch_select_whole_groups_keeps_rows_aligned():
         group_ids=torch.tensor([10, 10, 20, 20, 30, 30]),
         truncated=torch.tensor([True, False, False, True, False, True]),
         values=torch.randn(B, T, generator=g) * mask,
+        rollout_log_probs=-torch.rand(B, T, generator=g) * mask,
     )
     rows = torch.tensor([4, 5, 0, 1])  # groups 30 and 10, in that order
     sub = full.select(rows)
@@ -243,9 +244,11 @@ def test_rollout_batch_select_whole_groups_keeps_rows_aligned():
             **{f.name: getattr(full, f.name) for f in dataclasses.fields(RolloutBatch)},
             "ref_log_probs": None,
             "values": None,
+            "rollout_log_probs": None,
         }
     )
-    assert no_ref.select(rows).ref_log_probs is None and no_ref.select(rows).values is None
+    sub = no_ref.select(rows)
+    assert sub.ref_log_probs is None and sub.values is None and sub.rollout_log_probs is None
     with pytest.raises(ValueError, match="contiguous"):
         full.select(torch.tensor([0, 2, 1, 3]))  # splits and interleaves groups
     with pytest.raises(ValueError, match="same size"):

@@ -74,8 +74,8 @@ def _check_log_probs(x: torch.Tensor, name: str, shape: tuple[int, ...], mask: t
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    check_finite(x, name)
-    if bool((x.detach() * (mask != 0) > 1e-5).any()):
+    check_finite(x, name, mask=mask)  # padding may hold anything: every consumer selects it away
+    if bool(((x.detach() > 1e-5) & (mask != 0)).any()):
         raise ValueError(f"{name} must be log-probabilities (<= 0) on real tokens; found a positive value")
 
 
@@ -89,8 +89,14 @@ class RolloutBatch:
     * ``mask (B, T)``: 1 on the completion's real tokens (up to and including EOS), 0 on padding;
     * ``loss_mask (B, T)``: 1 on tokens the loss trains on; a subset of ``mask`` (it differs once
       trajectories hold tokens the policy did not choose, e.g. tool outputs in chapter 11);
-    * ``old_log_probs (B, T)``: :math:`\\log\\pi_{\\theta_\\text{old}}(y_t\\mid s_t)` under the policy that
-      sampled the batch (0 on padding), no gradient;
+    * ``old_log_probs (B, T)``: :math:`\\log\\pi_{\\theta_\\text{old}}(y_t\\mid s_t)` under the policy being
+      trained, as it was before this batch's first update — the denominator of every importance ratio;
+      :func:`policygrad.train.train` recomputes them with a teacher-forced forward pass of that policy (as
+      verl does), no gradient;
+    * ``rollout_log_probs (B, T)`` or None: the same under the *sampler* (what ``sample`` reported while
+      generating). In exact arithmetic they equal ``old_log_probs``; in practice a KV-cached sampler, a
+      different kernel or precision, or an inference engine differ from the trainer, and the gap
+      (``rollout_kl`` in :data:`policygrad.train.METRICS`) is the sampler/trainer mismatch of chapter 10;
     * ``ref_log_probs (B, T)`` or None: the same under a frozen reference policy;
     * ``rewards (B,)`` outcome rewards, or ``(B, T)`` per-step rewards (0 where ``mask`` is 0);
     * ``group_ids (B,)``: integer id of the prompt each row was sampled for. Rows of a group are
@@ -100,7 +106,8 @@ class RolloutBatch:
       0 on padding).
 
     Everything is validated on construction (ValueError naming the field): shapes, 0/1 masks, the
-    loss mask inside the mask, finite rewards and log-probabilities, equal contiguous groups. A row whose
+    loss mask inside the mask, finite rewards, log-probabilities and values on real tokens (padding may
+    hold anything: every function selects it away), equal contiguous groups. A row whose
     loss mask is empty is allowed: it contributes nothing to a loss. Build one from sampler output with
     :meth:`from_samples`.
     """
@@ -115,6 +122,7 @@ class RolloutBatch:
     group_ids: torch.Tensor
     truncated: torch.Tensor
     values: torch.Tensor | None = None
+    rollout_log_probs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_tensor(self.completions, "completions", 2)
@@ -131,15 +139,16 @@ class RolloutBatch:
         if bool(((self.loss_mask != 0) & (self.mask == 0)).any()):
             raise ValueError("loss_mask must be 0 wherever mask is 0 (padding is never trained on)")
         _check_log_probs(self.old_log_probs, "old_log_probs", (B, T), self.mask)
-        if self.ref_log_probs is not None:
-            _check_log_probs(self.ref_log_probs, "ref_log_probs", (B, T), self.mask)
+        for name in ("ref_log_probs", "rollout_log_probs"):
+            if getattr(self, name) is not None:
+                _check_log_probs(getattr(self, name), name, (B, T), self.mask)
         check_tensor(self.rewards, "rewards", (1, 2))
         if self.rewards.shape[0] != B or (self.rewards.dim() == 2 and self.rewards.shape[1] != T):
             raise ValueError(f"rewards must have shape ({B},) or ({B}, {T}), got {tuple(self.rewards.shape)}")
         if not self.rewards.is_floating_point():
             raise ValueError(f"rewards must be a floating-point tensor, got dtype {self.rewards.dtype}")
         check_finite(self.rewards, "rewards")
-        if self.rewards.dim() == 2 and bool((self.rewards * (self.mask == 0) != 0).any()):
+        if self.rewards.dim() == 2 and bool(((self.rewards != 0) & (self.mask == 0)).any()):
             raise ValueError("per-step rewards must be 0 on padding (where mask is 0)")
         check_tensor(self.group_ids, "group_ids", 1)
         if self.group_ids.shape[0] != B or self.group_ids.is_floating_point() or self.group_ids.dtype == torch.bool:
@@ -158,7 +167,7 @@ class RolloutBatch:
             check_tensor(self.values, "values", 2)
             if tuple(self.values.shape) != (B, T) or not self.values.is_floating_point():
                 raise ValueError(f"values must be a floating-point tensor of shape {(B, T)}, got {tuple(self.values.shape)}")
-            check_finite(self.values, "values")
+            check_finite(self.values, "values", mask=self.mask)
 
     @classmethod
     def from_samples(
@@ -170,11 +179,13 @@ class RolloutBatch:
         ref_log_probs: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        old_log_probs: torch.Tensor | None = None,
     ) -> RolloutBatch:
         """Wrap sampler output: rows ``i*G .. i*G+G-1`` form group ``i`` (the layout of ``sample(group_size=G)``).
 
-        ``loss_mask`` defaults to the completion mask; ``old_log_probs`` are the sampler's log-probs;
-        ``values`` are a critic's values of the sampled states (optional).
+        ``loss_mask`` defaults to the completion mask; ``rollout_log_probs`` are the sampler's log-probs;
+        ``old_log_probs`` default to them too (pass the trainer's recomputed ones, as
+        :func:`policygrad.train.train` does); ``values`` are a critic's values of the sampled states.
         """
         if not isinstance(samples, Samples):
             raise ValueError(f"samples must be a Samples, got {type(samples).__name__}")
@@ -188,12 +199,13 @@ class RolloutBatch:
             completions=samples.completions,
             mask=samples.mask,
             loss_mask=samples.mask if loss_mask is None else loss_mask,
-            old_log_probs=samples.log_probs.detach(),
+            old_log_probs=(samples.log_probs if old_log_probs is None else old_log_probs).detach(),
             ref_log_probs=None if ref_log_probs is None else ref_log_probs.detach(),
             rewards=rewards,
             group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
             truncated=samples.truncated,
             values=None if values is None else values.detach(),
+            rollout_log_probs=samples.log_probs.detach(),
         )
 
     def __len__(self) -> int:
@@ -238,4 +250,5 @@ class RolloutBatch:
             group_ids=self.group_ids[idx],
             truncated=self.truncated[idx],
             values=None if self.values is None else self.values[idx],
+            rollout_log_probs=None if self.rollout_log_probs is None else self.rollout_log_probs[idx],
         )

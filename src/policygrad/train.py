@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ._checks import check_positive_int
+from ._tensor import select
 from .exact.enumeration import ExactProblem
 from .lm.tasks import Problem, Task, evaluate
 from .methods.base import Method, get_method
@@ -32,7 +33,17 @@ from .trajectory_side.kl import kl_loss
 from .trajectory_side.logprobs import token_entropy, token_log_probs
 from .trajectory_side.surrogates import pg_surrogate
 
-__all__ = ["BASELINES", "train_toy_reinforce", "exact_gradient_ascent", "History", "METRICS", "train", "k3_kl"]
+__all__ = [
+    "BASELINES",
+    "train_toy_reinforce",
+    "exact_gradient_ascent",
+    "History",
+    "METRICS",
+    "NONFINITE",
+    "TrainingDiverged",
+    "train",
+    "k3_kl",
+]
 
 #: Baselines accepted by :func:`train_toy_reinforce`.
 BASELINES = ("none", "leave_one_out", "learned")
@@ -164,7 +175,10 @@ METRICS = {
     "reward": "mean reward of the step's completions",
     "heldout_accuracy": "greedy exact-match accuracy on the held-out evaluation problems",
     "entropy": "mean per-token entropy of the policy on its own samples (nats)",
-    "kl_ref": "mean per-token k3 estimate of KL(policy || reference) on the step's samples",
+    "kl_ref": "mean per-token k3 estimate of KL(policy || reference) on the step's samples (when the reference "
+    "forward runs: the method needs it, or kl_ref=True)",
+    "rollout_kl": "mean per-token k3 estimate of KL(sampler || trainer): the sampler's log-probs against the "
+    "trained policy's teacher-forced ones on the same tokens (0 in exact arithmetic)",
     "length": "mean completion length in tokens (EOS included)",
     "truncated": "fraction of completions that hit the length limit without EOS",
     "zero_var_groups": "fraction of prompt groups whose G rewards are all equal (no learning signal)",
@@ -174,8 +188,27 @@ METRICS = {
     "approx_kl": "mean k3 estimate of KL(old policy || current policy) on the trained tokens (methods with a ratio)",
     "value_loss": "the critic's loss, mean over the step's optimiser steps (methods with a critic)",
     "explained_variance": "1 - Var[target - V] / Var[target] of the critic's values at sampling time (critic methods)",
+    "skipped": "optimiser steps skipped so far because the loss or gradient was not finite (on_nonfinite='skip')",
     "seconds": "wall-clock seconds since training started (volatile: never print it in stored outputs)",
 }
+
+#: What :func:`train` may do on a non-finite loss, gradient norm or parameter (``on_nonfinite``).
+NONFINITE = ("raise", "skip")
+
+
+class TrainingDiverged(ValueError):
+    """Raised by :func:`train` at the first non-finite loss, gradient norm or parameter.
+
+    Attributes: ``step`` (the RL step), ``quantity`` (``"loss"``, ``"value loss"``, ``"gradient norm"``,
+    ``"critic gradient norm"``, ``"parameters"`` or ``"sampling distribution"``), ``history`` (the :class:`History` up to the last
+    completed step, so a diverged run can still be plotted).
+    """
+
+    def __init__(self, message: str, *, step: int, quantity: str, history: History) -> None:
+        super().__init__(message)
+        self.step = step
+        self.quantity = quantity
+        self.history = history
 
 
 class History:
@@ -275,6 +308,8 @@ def train(
     history: History | None = None,
     critic: torch.nn.Module | None = None,
     critic_lr: float | None = None,
+    kl_ref: bool | None = None,
+    on_nonfinite: str = "raise",
 ) -> History:
     """Train a language-model ``policy`` (e.g. :class:`policygrad.TinyGPT`) on ``task`` with ``method``.
 
@@ -284,8 +319,17 @@ def train(
     (whole groups, shuffled), of loss (the method's trajectory side, loss = −surrogate) → Adam step with
     the gradient norm clipped to ``max_grad_norm`` (None: no clipping).
 
+    Before the updates, ``batch.old_log_probs`` are recomputed by a teacher-forced forward pass of the
+    policy being trained (as verl does; with one inner epoch and one minibatch the training forward itself
+    gives them, at no extra cost); the sampler's own log-probs are kept as ``batch.rollout_log_probs`` and
+    their gap is logged as ``rollout_kl``. So every ratio starts at exactly 1, and with all rewards 0 a
+    critic-free method leaves the parameters exactly unchanged (a critic method moves the policy only
+    through its critic's error: nonzero values make nonzero GAE advantages).
+
     reference: the frozen policy that ``kl_ref`` (and methods with a KL term) measure against; default a
-    copy of ``policy`` at the start. eval_every: held-out greedy accuracy on ``eval_problems`` (default
+    copy of ``policy`` at the start; never updated (its forward runs under ``no_grad``). Its forward pass runs only if the method needs it
+    (:attr:`~policygrad.methods.Method.needs_reference`) or ``kl_ref=True`` asks for the metric
+    (``kl_ref=None``: only when the method needs it; then the metric comes free). eval_every: held-out greedy accuracy on ``eval_problems`` (default
     ``task.eval_set(240)``) before training, every ``eval_every`` steps and after the last (None: never).
     Everything random comes from ``seed`` (problems and samples are drawn with one CPU generator), so a run
     is repeatable on CPU. Records the columns of :data:`METRICS` in a :class:`History` (``history`` to
@@ -296,6 +340,12 @@ def train(
     :meth:`policygrad.lm.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own Adam at ``critic_lr``
     (default ``lr``) on the method's value loss, in the same minibatches as the policy. Its values of the
     sampled states go into ``batch.values`` before the advantages are computed.
+
+    Every optimiser step checks the loss, the gradient norm (policy and critic) and, after the step, the
+    parameters for NaN/inf. ``on_nonfinite="raise"`` (default) stops at the first one with a
+    :class:`TrainingDiverged` (a ValueError) naming the step, the quantity and the likely cause, carrying
+    the history so far; ``"skip"`` skips that optimiser step instead (counted in the ``skipped`` column);
+    non-finite parameters always raise (nothing can undo the update).
     """
     if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
         raise ValueError("policy must be a torch.nn.Module with a sample(...) method, e.g. a TinyGPT")
@@ -330,6 +380,10 @@ def train(
         or critic_lr <= 0
     ):
         raise ValueError(f"critic_lr must be a positive number or None, got {critic_lr!r}")
+    if kl_ref is not None and not isinstance(kl_ref, bool):
+        raise ValueError(f"kl_ref must be True, False or None, got {kl_ref!r}")
+    if on_nonfinite not in NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
     if critic is not None and not method.needs_critic:
         raise ValueError(f"method {method.name!r} has no critic; do not pass one")
     if method.needs_critic:
@@ -345,7 +399,10 @@ def train(
     device = next(policy.parameters()).device
     if reference is None:
         reference = copy.deepcopy(policy)
-    reference.eval().requires_grad_(False)
+    # the reference is never updated: it is in no optimiser and its forward runs under no_grad. Its parameters'
+    # requires_grad flags are left alone on purpose: frozen parameters select other CPU kernels (on the reference
+    # numeric path) whose last bits differ, so KL(policy || its own copy) would start as round-off, not 0
+    reference.eval()
     g = torch.Generator().manual_seed(seed)
     # foreach: one multi-tensor Adam update instead of a loop over the parameters: the same
     # arithmetic (every stored output of the book is bitwise unchanged), less overhead per step
@@ -365,33 +422,66 @@ def train(
     if eval_every is not None and not hist.rows:
         hist.log(step=0, samples=0, heldout_accuracy=heldout(), seconds=0.0)
 
+    need_ref = method.needs_reference or bool(kl_ref)
+    one_pass = epochs == 1 and n_mb == 1  # the training forward gives old_log_probs itself
+    clip = float("inf") if max_grad_norm is None else max_grad_norm
+    skipped = hist.rows[-1].get("skipped", 0) if hist.rows else 0
+
+    def diverged(step: int, quantity: str, value: float, cause: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training diverged at step {step}: the {quantity} is {value} (not finite). Likely cause: {cause}",
+            step=step, quantity=quantity, history=hist,
+        )
+
+    lr_cause = f"the learning rate (lr={lr:g}) is too large for this model, or max_grad_norm is off ({max_grad_norm})"
+
     bar = tqdm(range(1, steps + 1), desc=method.name, disable=not progress, leave=False)
     for i in bar:
+        step = step0 + i
         # 1. sample G completions for each of the step's prompts (no gradient)
         problems = task.sample_problems(prompts_per_step, g)
         prompts = task.encode_prompts(problems).to(device)
         policy.eval()
-        samples = policy.sample(
-            prompts, max_new_tokens=task.max_new_tokens, eos=eos, temperature=temperature, generator=g, group_size=G
-        )
-        # 2. rewards; reference log-probs; the batch
+        try:
+            samples = policy.sample(
+                prompts, max_new_tokens=task.max_new_tokens, eos=eos, temperature=temperature, generator=g, group_size=G
+            )
+        except RuntimeError as err:  # torch.multinomial on NaN/inf probabilities: the policy's logits overflowed
+            if "inf" not in str(err) and "nan" not in str(err):
+                raise
+            raise diverged(step, "sampling distribution", float("nan"), "the policy's logits overflowed: " + lr_cause)
+        # 2. rewards; the trainer's own log-probs of the sampled tokens; reference log-probs; the batch
         rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
-        with torch.no_grad():
-            ref_logp = token_log_probs(reference(samples.prompts, samples.completions, group_size=G), samples.completions)
+        policy.train()
+        if one_pass:
+            logits = policy(samples.prompts, samples.completions, group_size=G)
+            logp_full = token_log_probs(logits, samples.completions)
+        else:
+            with torch.no_grad():
+                logits = policy(samples.prompts, samples.completions, group_size=G)
+                logp_full = token_log_probs(logits, samples.completions)
+        old_logp = select(logp_full.detach(), samples.mask)
+        with torch.no_grad():  # the policy's entropy on its own samples, before any update
+            ent = token_entropy(logits.detach())
+            entropy = (select(ent, samples.mask).sum() / samples.mask.sum().clamp_min(1)).item()
+        ref_logp = None
+        if need_ref:
+            with torch.no_grad():
+                ref_logits = reference(samples.prompts, samples.completions, group_size=G)
+                ref_logp = select(token_log_probs(ref_logits, samples.completions), samples.mask)
         values = None
         if critic is not None:  # the critic's values of the sampled states, before any update
             critic.eval()
             with torch.no_grad():
-                values = critic(samples.prompts, samples.completions, group_size=G) * samples.mask
+                values = select(critic(samples.prompts, samples.completions, group_size=G), samples.mask)
         batch = RolloutBatch.from_samples(
-            samples, rewards, group_size=G, ref_log_probs=ref_logp * samples.mask, values=values
+            samples, rewards, group_size=G, ref_log_probs=ref_logp, values=values, old_log_probs=old_logp
         )
         # 3. advantages (reward side), and the critic's regression targets
         adv = method.advantages(batch)
         targets = method.value_targets(batch).detach() if critic is not None else None
         # 4. loss (trajectory side), inner epochs x minibatches
-        policy.train()
-        losses, norms, value_losses, stats_acc, entropy = [], [], [], {}, None
+        losses, norms, value_losses, stats_acc = [], [], [], {}
         if critic is not None:
             critic.train()
         for _ in range(epochs):
@@ -399,47 +489,80 @@ def train(
             for chunk in order.chunk(n_mb):
                 rows = (chunk.unsqueeze(1) * G + torch.arange(G)).reshape(-1).to(device)
                 mb = batch if n_mb == 1 else batch.select(rows)
-                logits = policy(mb.prompts, mb.completions, group_size=G)  # each prompt run once per group
-                logp = token_log_probs(logits, mb.completions) * mb.mask
-                if entropy is None:  # the policy's entropy on its own samples, before any update
-                    with torch.no_grad():
-                        ent = token_entropy(logits)
-                        entropy = ((ent * mb.mask).sum() / mb.mask.sum()).item()
+                if one_pass:
+                    logp = logp_full
+                else:
+                    logits = policy(mb.prompts, mb.completions, group_size=G)  # each prompt run once per group
+                    logp = token_log_probs(logits, mb.completions)
                 loss, stats = method.loss(logp, mb, adv if n_mb == 1 else adv[rows])
                 opt.zero_grad()
-                loss.backward()
-                clip = float("inf") if max_grad_norm is None else max_grad_norm
-                norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)))
-                opt.step()
-                losses.append(loss.item())
+                bad = None
+                if not bool(torch.isfinite(loss.detach())):
+                    bad = ("loss", float(loss.detach()), "non-finite log-probabilities (a policy whose logits overflowed) "
+                           f"or advantages; or {lr_cause}")
+                else:
+                    loss.backward()
+                    norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip))
+                    if not math.isfinite(norm):
+                        bad = ("gradient norm", norm, lr_cause)
+                if bad is not None:
+                    if on_nonfinite == "raise":
+                        raise diverged(step, *bad)
+                    opt.zero_grad()
+                    skipped += 1
+                else:
+                    opt.step()
+                    norms.append(norm)
+                    losses.append(loss.item())
+                    if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+                        raise diverged(step, "parameters", float("nan"), "the update overflowed: " + lr_cause)
+                    for k, v in stats.items():
+                        stats_acc.setdefault(k, []).append(float(v))
                 if critic is not None:  # the critic's step on the same minibatch
                     v = critic(mb.prompts, mb.completions, group_size=G)
                     vloss = method.value_loss(v, mb, targets if n_mb == 1 else targets[rows])
                     critic_opt.zero_grad()
-                    vloss.backward()
-                    torch.nn.utils.clip_grad_norm_(critic.parameters(), clip)
-                    critic_opt.step()
-                    value_losses.append(vloss.item())
-                for k, v in stats.items():
-                    stats_acc.setdefault(k, []).append(float(v))
+                    cbad = None
+                    if not bool(torch.isfinite(vloss.detach())):
+                        cbad = ("value loss", float(vloss.detach()), f"non-finite critic values or targets; or {lr_cause}")
+                    else:
+                        vloss.backward()
+                        cnorm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), clip))
+                        if not math.isfinite(cnorm):
+                            cbad = ("critic gradient norm", cnorm, f"the critic's learning rate; or {lr_cause}")
+                    if cbad is not None:
+                        if on_nonfinite == "raise":
+                            raise diverged(step, *cbad)
+                        critic_opt.zero_grad()
+                        skipped += 1
+                    else:
+                        critic_opt.step()
+                        value_losses.append(vloss.item())
         samples_seen += len(batch)
+        lm = batch.mask
         row = {
-            "step": step0 + i,
+            "step": step,
             "samples": samples_seen,
             "reward": batch.sequence_rewards.mean().item(),
             "entropy": entropy,
-            "kl_ref": k3_kl(batch.old_log_probs, batch.ref_log_probs, batch.mask).item(),
-            "length": batch.lengths.mean().item(),
-            "truncated": batch.truncated.double().mean().item(),
         }
+        if ref_logp is not None:
+            row["kl_ref"] = k3_kl(batch.old_log_probs, batch.ref_log_probs, lm).item()
+        row["rollout_kl"] = kl_loss(batch.rollout_log_probs, batch.old_log_probs, lm, kind="k3").item()
+        row["length"] = batch.lengths.mean().item()
+        row["truncated"] = batch.truncated.double().mean().item()
         if G >= 2:
             row["zero_var_groups"] = _group_zero_variance(batch.sequence_rewards, G)
-        row["grad_norm"] = sum(norms) / len(norms)
-        row["loss"] = sum(losses) / len(losses)
+        if norms:
+            row["grad_norm"] = sum(norms) / len(norms)
+            row["loss"] = sum(losses) / len(losses)
         row.update({k: sum(v) / len(v) for k, v in stats_acc.items()})
         if critic is not None:
-            row["value_loss"] = sum(value_losses) / len(value_losses)
+            if value_losses:
+                row["value_loss"] = sum(value_losses) / len(value_losses)
             row["explained_variance"] = explained_variance(batch.values, targets, batch.loss_mask)
+        if on_nonfinite == "skip":
+            row["skipped"] = skipped
         if eval_every is not None and (i % eval_every == 0 or i == steps):
             row["heldout_accuracy"] = heldout()
         row["seconds"] = time.perf_counter() - t0
