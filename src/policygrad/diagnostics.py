@@ -42,6 +42,9 @@ def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[s
     """
     check_tensor(estimates, "estimates", 2)
     check_tensor(exact, "exact", 1)
+    for name, x in (("estimates", estimates), ("exact", exact)):
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
     if estimates.shape[1] != exact.shape[0]:
         raise ValueError(f"estimates (M, P) and exact (P,) disagree: {tuple(estimates.shape)} vs {tuple(exact.shape)}")
     if estimates.shape[0] < 2:
@@ -75,12 +78,22 @@ def collect_estimates(
     estimate_fn: Callable[[int, torch.Generator], torch.Tensor], n: int, trials: int, seed: int = 0
 ) -> torch.Tensor:
     """Call ``estimate_fn(n, generator)`` ``trials`` times with independent seeded generators: ``(trials, P)``."""
+    if not callable(estimate_fn):
+        raise ValueError(f"estimate_fn must be a callable (n, generator) -> (P,), got {type(estimate_fn).__name__}")
     check_positive_int(n, "n")
     check_positive_int(trials, "trials")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     out = []
     for k in range(trials):
         g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        out.append(estimate_fn(n, g).detach().reshape(-1))
+        est = estimate_fn(n, g)
+        if not isinstance(est, torch.Tensor):
+            raise ValueError(f"estimate_fn must return a tensor, got {type(est).__name__}")
+        est = est.detach().reshape(-1)
+        if out and est.shape != out[0].shape:
+            raise ValueError(f"estimate_fn returned {est.numel()} numbers in trial {k} but {out[0].numel()} before")
+        out.append(est)
     return torch.stack(out)
 
 
@@ -92,8 +105,10 @@ def convergence(
     seed: int = 0,
 ) -> list[dict[str, float]]:
     """:func:`gradient_error_stats` for each batch size in ``ns`` (one row per ``n``, with key ``"n"``)."""
-    if len(ns) == 0:
-        raise ValueError("ns must list at least one batch size")
+    if isinstance(ns, (str, bytes)) or not isinstance(ns, Sequence) or len(ns) == 0:
+        raise ValueError(f"ns must list at least one batch size, got {ns!r}")
+    for n in ns:
+        check_positive_int(n, "every batch size in ns")
     rows = []
     for n in ns:
         stats = gradient_error_stats(collect_estimates(estimate_fn, n, trials, seed), exact)
@@ -114,6 +129,10 @@ def sampled_estimator(
     (:func:`policygrad.trajectory_side.score_function_gradient`). The result plugs into
     :func:`collect_estimates` and :func:`convergence`. Introduced in {ref}`sec-reinforce-unbiased`.
     """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+    if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
+        raise ValueError(f"policy must be a torch.nn.Module with a sample method, got {type(policy).__name__}")
     if not callable(weights_fn):
         raise ValueError("weights_fn must be a callable (samples, rewards) -> weights (B, T)")
 
@@ -132,6 +151,8 @@ def exact_bias_variance(problem: ExactProblem, policy: torch.nn.Module, weights:
     weights: ``(N, K)`` or ``(N, K, L)`` over the enumeration, as in
     :meth:`policygrad.exact.ExactProblem.estimator_moments`. No sampling is involved.
     """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
     mean, variance = problem.estimator_moments(policy, weights)
     return float((mean - problem.gradient(policy).to(mean.device)).norm()), variance
 
@@ -161,6 +182,8 @@ def method_gradient_estimator(
 
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    if not isinstance(policy, torch.nn.Module) or next(policy.parameters(), None) is None:
+        raise ValueError(f"policy must be a torch.nn.Module with parameters, got {type(policy).__name__}")
     problems = task._check_problems(problems)
     method = get_method(method)
     T = task.max_new_tokens if max_new_tokens is None else check_positive_int(max_new_tokens, "max_new_tokens")

@@ -449,7 +449,7 @@ def train(
         except RuntimeError as err:  # torch.multinomial on NaN/inf probabilities: the policy's logits overflowed
             if "inf" not in str(err) and "nan" not in str(err):
                 raise
-            raise diverged(step, "sampling distribution", float("nan"), "the policy's logits overflowed: " + lr_cause)
+            raise diverged(step, "sampling distribution", float("nan"), "the policy's logits overflowed: " + lr_cause) from err
         # 2. rewards; the trainer's own log-probs of the sampled tokens; reference log-probs; the batch
         rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
         policy.train()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .._checks import check_finite, check_positive_int, check_tensor, check_unit_interval
+from .._checks import check_finite, check_mask, check_positive_int, check_tensor, check_unit_interval
 from .._tensor import flat_grad, flat_params
 from ..trajectory_side.logprobs import token_log_probs
 
@@ -43,9 +43,10 @@ def enumerate_completions(
     """
     check_positive_int(vocab_size, "vocab_size")
     check_positive_int(max_len, "max_len")
+    check_positive_int(limit, "limit")
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-    if eos is not None and not 0 <= eos < vocab_size:
+    if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab_size):
         raise ValueError(f"eos must be a token id in [0, {vocab_size - 1}], got {eos}")
     body = [v for v in range(vocab_size) if v != eos]
     if eos is None:
@@ -74,6 +75,44 @@ def enumerate_completions(
     return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.get_default_dtype())
 
 
+def _check_ids(x, name: str, ndim) -> torch.Tensor:
+    """A tensor of non-negative integer ids (prompt ids, prompt tokens or completion tokens)."""
+    check_tensor(x, name, ndim)
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise ValueError(f"{name} must be an integer tensor of ids, got dtype {x.dtype}")
+    if x.numel() and int(x.min()) < 0:
+        raise ValueError(f"{name} must hold non-negative ids, got {int(x.min())}")
+    return x
+
+
+def _check_distinct(completions: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise ValueError if two rows are the same completion (same tokens where the mask is 1, same mask).
+
+    The exact sums visit each row once: a completion listed twice would be counted twice.
+    """
+    keep = mask != 0
+    key = torch.where(keep, completions.long(), torch.full_like(completions, -1, dtype=torch.long))
+    uniq, counts = torch.unique(key, dim=0, return_counts=True)
+    if uniq.shape[0] != key.shape[0]:
+        dup = uniq[counts > 1][0]
+        rows = torch.nonzero((key == dup).all(-1)).flatten().tolist()
+        raise ValueError(
+            f"completions must be distinct: rows {rows[:5]} are the same completion (tokens "
+            f"{dup[dup >= 0].tolist()} where the mask is 1); {int((counts - 1).sum())} duplicate row(s) in all, "
+            "and each would be counted once more in every exact sum"
+        )
+
+
+def _check_policy(policy, name: str) -> torch.device:
+    """The device of a policy module's parameters; ValueError if it is not a module with parameters."""
+    if not isinstance(policy, torch.nn.Module):
+        raise ValueError(f"{name} must be a torch.nn.Module policy, got {type(policy).__name__}")
+    p = next(policy.parameters(), None)
+    if p is None:
+        raise ValueError(f"{name} has no parameters")
+    return p.device
+
+
 @dataclass(frozen=True)
 class ExactProblem:
     """A prompt distribution, every completion, and the reward of each (prompt, completion) pair.
@@ -86,6 +125,11 @@ class ExactProblem:
     Per-step rewards must be causal: :math:`r_t` may depend on :math:`x` and :math:`y_{\\le t}` only (as in
     any MDP). A table where :math:`r_t` depends on later tokens is accepted, but then reward-to-go,
     values and advantages no longer describe an MDP and their identities do not hold.
+
+    Every field is checked on construction (ValueError naming the field): prompts and completions are
+    tensors of non-negative integer ids, the completions distinct (each is summed over once); prompt_probs
+    are finite, non-negative floats summing to 1 (within 1e-6); the mask is 0/1 of the completions' shape
+    with at least one token per row; rewards are finite floats of one of the two shapes.
     """
 
     prompts: torch.Tensor
@@ -96,25 +140,44 @@ class ExactProblem:
     gamma: float = 1.0
 
     def __post_init__(self) -> None:
-        check_tensor(self.prompts, "prompts", (1, 2))
+        _check_ids(self.prompts, "prompts", (1, 2))
         N = self.prompts.shape[0]
+        if N < 1 or (self.prompts.dim() == 2 and self.prompts.shape[1] < 1):
+            shape = tuple(self.prompts.shape)
+            raise ValueError(f"prompts must hold at least one prompt (of at least one token), got shape {shape}")
         check_tensor(self.prompt_probs, "prompt_probs", 1)
         if self.prompt_probs.shape[0] != N:
             raise ValueError(f"prompt_probs must have shape ({N},), got {tuple(self.prompt_probs.shape)}")
         check_finite(self.prompt_probs, "prompt_probs")
-        if bool((self.prompt_probs < 0).any()) or abs(float(self.prompt_probs.sum()) - 1.0) > 1e-6:
-            raise ValueError("prompt_probs must be non-negative and sum to 1")
-        check_tensor(self.completions, "completions", 2)
+        if not self.prompt_probs.is_floating_point():
+            raise ValueError(f"prompt_probs must be a floating-point tensor, got dtype {self.prompt_probs.dtype}")
+        if bool((self.prompt_probs < 0).any()):
+            low = float(self.prompt_probs.min())
+            raise ValueError(f"prompt_probs must be non-negative and sum to 1, got a negative entry {low:.6g}")
+        total = float(self.prompt_probs.sum())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"prompt_probs must be non-negative and sum to 1, got sum {total:.9g}")
+        _check_ids(self.completions, "completions", 2)
         K, L = self.completions.shape
+        if K < 1 or L < 1:
+            raise ValueError(f"completions must hold at least one completion of at least one token, got shape {(K, L)}")
+        check_tensor(self.mask, "mask")
         if self.mask.shape != (K, L):
-            raise ValueError(f"mask must have shape {(K, L)}, got {tuple(self.mask.shape)}")
+            raise ValueError(f"mask must have shape {(K, L)} (that of completions), got {tuple(self.mask.shape)}")
+        check_mask(self.mask, "mask")
         if bool((self.mask.sum(-1) == 0).any()):
             raise ValueError("every enumerated completion needs at least one token in its mask")
+        _check_distinct(self.completions, self.mask)
         check_tensor(self.rewards, "rewards", (2, 3))
         if self.rewards.shape[:2] != (N, K) or (self.rewards.dim() == 3 and self.rewards.shape[2] != L):
             raise ValueError(
                 f"rewards must have shape {(N, K)} (terminal) or {(N, K, L)} (per step), "
                 f"got {tuple(self.rewards.shape)}"
+            )
+        if not self.rewards.is_floating_point():
+            raise ValueError(
+                f"rewards must be a floating-point tensor, got dtype {self.rewards.dtype}: pass floats "
+                "(e.g. rewards.to(torch.get_default_dtype())), integer and bool tables are not converted silently"
             )
         check_finite(self.rewards, "rewards")
         check_unit_interval(self.gamma, "gamma")
@@ -144,7 +207,7 @@ class ExactProblem:
 
         Completions must be in canonical form (padded with the same token as the enumeration).
         """
-        check_tensor(completions, "completions", 2)
+        _check_ids(completions, "completions", 2)
         if completions.shape[1] != self.completions.shape[1]:
             raise ValueError(
                 f"completions must have length {self.completions.shape[1]}, got {completions.shape[1]}"
@@ -162,7 +225,7 @@ class ExactProblem:
 
     def rewards_for(self, prompt_ids: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
         """Look up the reward of sampled pairs: ``(B,)`` terminal or ``(B, L)`` per-step rewards."""
-        check_tensor(prompt_ids, "prompt_ids", 1)
+        _check_ids(prompt_ids, "prompt_ids", 1)
         if prompt_ids.numel() and (int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= self.num_prompts):
             raise ValueError(f"prompt_ids must lie in [0, {self.num_prompts - 1}]")
         k = self.completion_index(completions)
@@ -171,6 +234,8 @@ class ExactProblem:
     def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` prompt indices from :math:`\\rho`: ``(n,)`` long."""
         check_positive_int(n, "n")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         return torch.multinomial(self.prompt_probs, n, replacement=True, generator=generator)
 
     # -- per-step rewards and returns -------------------------------------------------------------------
@@ -206,8 +271,8 @@ class ExactProblem:
 
     def token_log_probs(self, policy: torch.nn.Module) -> torch.Tensor:
         """:math:`\\log\\pi_\\theta(y_t\\mid x,y_{<t})` for every pair and position, 0 where masked: ``(N, K, L)``."""
+        device = _check_policy(policy, "policy")
         prompts, completions = self._pairs()
-        device = next(policy.parameters()).device
         logits = policy(prompts.to(device), completions.to(device))
         logp = token_log_probs(logits, completions.to(device))
         N, K, L = self.num_prompts, self.num_completions, self.completions.shape[1]
@@ -234,6 +299,8 @@ class ExactProblem:
 
     def success_probability(self, policy: torch.nn.Module, threshold: float = 0.5) -> torch.Tensor:
         """Per-prompt probability that the return exceeds ``threshold``: ``(N,)``."""
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise ValueError(f"threshold must be a number, got {threshold!r}")
         with torch.no_grad():
             p = self.probs(policy)
             return (p * (self.returns().to(p.device) > threshold).to(p.dtype)).sum(-1)
@@ -243,6 +310,7 @@ class ExactProblem:
 
         Differentiable in ``policy``; ``other`` is evaluated without gradient.
         """
+        _check_policy(other, "other")
         logp = self.log_probs(policy)
         with torch.no_grad():
             logq = self.log_probs(other).to(logp.device)
@@ -297,9 +365,12 @@ class ExactProblem:
         REINFORCE-type estimate.
         """
         N, K, L = self.num_prompts, self.num_completions, self.completions.shape[1]
+        _check_policy(policy, "policy")
         check_tensor(weights, "weights", (2, 3))
         if weights.shape[:2] != (N, K) or (weights.dim() == 3 and weights.shape[2] != L):
             raise ValueError(f"weights must have shape {(N, K)} or {(N, K, L)}, got {tuple(weights.shape)}")
+        if not weights.is_floating_point():
+            raise ValueError(f"weights must be a floating-point tensor, got dtype {weights.dtype}: pass floats")
         check_finite(weights, "weights")
         names = [n for n, p in policy.named_parameters() if p.requires_grad]
         params = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
@@ -345,6 +416,7 @@ class ExactProblem:
         Raises ValueError if ``P > MAX_FISHER_PARAMS``: the dense matrix needs ``P**2`` numbers (use
         :func:`policygrad.exact.trust_region.fisher_vector_product` instead).
         """
+        _check_policy(policy, "policy")
         params = flat_params(policy)
         P = sum(p.numel() for p in params)
         if P > MAX_FISHER_PARAMS:
@@ -429,8 +501,31 @@ def objective_landscape(
 
     Returns an array of shape ``(len(grid_a), len(grid_b))``; the parameter is restored afterwards.
     """
-    if not any(param is p for p in policy.parameters()):
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+    _check_policy(policy, "policy")
+    if not isinstance(param, torch.Tensor) or not any(param is p for p in policy.parameters()):
         raise ValueError("param must be one of policy.parameters()")
+    entries = []
+    for name, index in (("index_a", index_a), ("index_b", index_b)):
+        ok = isinstance(index, tuple) and len(index) == param.dim()
+        for i, n in zip(index, param.shape, strict=False) if ok else ():
+            ok = ok and not isinstance(i, bool) and isinstance(i, (int, np.integer)) and -n <= i < n
+        if not ok:
+            raise ValueError(
+                f"{name} must be a tuple of {param.dim()} valid indices into param of shape {tuple(param.shape)}, "
+                f"got {index!r}"
+            )
+        entries.append(tuple(int(i) % n for i, n in zip(index, param.shape, strict=True)))
+    if entries[0] == entries[1]:
+        raise ValueError(f"index_a and index_b must name two different entries, got {index_a!r} and {index_b!r}")
+    for name, grid in (("grid_a", grid_a), ("grid_b", grid_b)):
+        try:
+            values = [float(v) for v in grid]
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a sequence of numbers") from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name} must be a non-empty sequence of finite numbers")
     saved = param.detach().clone()
     out = np.zeros((len(grid_a), len(grid_b)))
     try:

@@ -21,12 +21,12 @@ import math
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_finite, check_positive_int, check_tensor
 from .._tensor import flat_grad, flat_params
 from ..reward_side.normalise import _check_group_options as check_group_options
 from ..reward_side.normalise import group_advantages
 from ..rollout import RolloutBatch
-from .enumeration import ExactProblem
+from .enumeration import ExactProblem, _check_policy
 
 __all__ = [
     "MAX_GROUPS",
@@ -214,6 +214,9 @@ def implied_surrogate(problem: ExactProblem, policy: torch.nn.Module, weights: t
     check_tensor(weights, "weights", 2)
     if tuple(weights.shape) != (problem.num_prompts, problem.num_completions):
         raise ValueError(f"weights must have shape {(problem.num_prompts, problem.num_completions)}, got {tuple(weights.shape)}")
+    if not weights.is_floating_point():
+        raise ValueError(f"weights must be a floating-point tensor, got dtype {weights.dtype}: pass floats")
+    check_finite(weights, "weights")
     p = problem.probs(policy)
     w = weights.detach().to(device=p.device, dtype=p.dtype)
     return (problem.prompt_probs.to(device=p.device, dtype=p.dtype) * (p * w).sum(-1)).sum()
@@ -264,6 +267,9 @@ def enumerated_update(
     method = get_method(method)
     if method.needs_critic:
         raise ValueError(f"method {method.name!r} needs a critic; enumerated_update covers critic-free methods")
+    _check_policy(policy, "policy")
+    if reference is not None:
+        _check_policy(reference, "reference")
     G = method.group_size if group_size is None else check_positive_int(group_size, "group_size")
     N, K = problem.num_prompts, problem.num_completions
     n_groups = N * K**G

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_finite, check_tensor
 from .._tensor import flat_grad, flat_params
 from ..trajectory_side.kl import KL_ESTIMATORS, kl_estimate
 from .enumeration import ExactProblem
@@ -342,8 +342,15 @@ def gradient_table(grads: Mapping[str, torch.Tensor], reference: str = "exact") 
     :math:`\\lVert g\\rVert / \\lVert g_\\text{ref}\\rVert`. Raises ValueError if ``reference`` is missing, has norm 0,
     or the shapes disagree.
     """
+    if not isinstance(reference, str):
+        raise ValueError(f"reference must be the name of an entry of grads, got {reference!r}")
     if not isinstance(grads, Mapping) or reference not in grads:
         raise ValueError(f"grads must be a mapping that contains {reference!r}")
+    for name, g in grads.items():
+        check_tensor(g, str(name), 1)
+        if not g.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point gradient, got dtype {g.dtype}")
+        check_finite(g, str(name))
     ref = check_tensor(grads[reference], reference, 1).detach().double()
     ref_norm = float(ref.norm())
     if not ref_norm > 0 or not math.isfinite(ref_norm):

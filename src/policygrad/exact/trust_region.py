@@ -68,6 +68,8 @@ def _check_number(value, name: str, *, positive: bool = False) -> float:
 
 def _check_vector(v, name: str, size: int | None = None) -> torch.Tensor:
     check_tensor(v, name, 1)
+    if v.dtype == torch.bool or v.is_complex():
+        raise ValueError(f"{name} must be a real-valued vector, got dtype {v.dtype}")
     if size is not None and v.shape[0] != size:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(v.shape)}")
     return check_finite(v, name)
@@ -77,6 +79,8 @@ def _check_fisher(fisher, name: str = "fisher") -> torch.Tensor:
     check_tensor(fisher, name, 2)
     if fisher.shape[0] != fisher.shape[1]:
         raise ValueError(f"{name} must be square (P, P), got {tuple(fisher.shape)}")
+    if not fisher.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point matrix, got dtype {fisher.dtype}")
     check_finite(fisher, name)
     scale = float(fisher.abs().max()) if fisher.numel() else 0.0
     tol = 1e3 * torch.finfo(fisher.dtype).eps * max(scale, 1e-300)
@@ -147,6 +151,7 @@ def conjugate_gradient(
         Ap = matvec(p)
         if not isinstance(Ap, torch.Tensor) or Ap.shape != b.shape:
             raise ValueError(f"matvec must return a tensor of shape {tuple(b.shape)}")
+        check_finite(Ap, "matvec(v)")
         pAp = p @ Ap
         if not pAp > 0:
             raise ValueError(f"matvec is not positive definite: p^T A p = {float(pAp):.3g} along a CG direction")
@@ -235,6 +240,8 @@ def kl_constrained_step(
             f"fisher_or_matvec must be a (P, P) tensor or a callable v -> F v, got {type(fisher_or_matvec).__name__}"
         )
     dFd = float(d @ matvec(d))
+    if not math.isfinite(dFd):
+        raise ValueError(f"d^T F d is not finite ({dFd}): fisher_or_matvec or grad holds NaN or infinite values")
     scale = math.sqrt(2 * max_kl / dFd) if dFd > 0 else 0.0
     step = scale * d
     info = {

@@ -39,14 +39,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_device, check_finite, check_positive_int, check_tensor
 from ..trajectory_side.logprobs import token_log_probs
 from ..utils import seed_everything
 from .tasks import Task, evaluate, make_task
@@ -236,7 +238,7 @@ def build_warm_start(spec: WarmStart) -> tuple[TinyGPT, dict]:
 
 def checkpoint_path(task: str) -> Path:
     """Path of the shipped checkpoint of ``task``."""
-    if task not in WARM_STARTS:
+    if not isinstance(task, str) or task not in WARM_STARTS:
         raise ValueError(f"no warm start for task {task!r}; available: {sorted(WARM_STARTS)}")
     return CHECKPOINT_DIR / f"{task}.pt"
 
@@ -256,13 +258,84 @@ def _save(model: TinyGPT, spec: WarmStart, info: dict, path: Path) -> None:
     torch.save(payload, path)
 
 
+def _names(names, limit: int = 5) -> str:
+    """A few names of a set, sorted, for an error message: ``['a', 'b', ... (12 in all)]``."""
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
+
+
+def _checked_config(config, p: Path, task: str) -> TinyGPTConfig:
+    """The :class:`TinyGPTConfig` recorded in a checkpoint, or a ValueError that names what is wrong with it."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{p}: config must be a dict of TinyGPTConfig fields, got {type(config).__name__}")
+    known = {f.name for f in fields(TinyGPTConfig)}
+    unknown, missing = set(config) - known, known - set(config)
+    if unknown or missing:
+        parts = ([f"unknown fields {_names(map(str, unknown))}"] if unknown else []) + (
+            [f"missing fields {_names(missing)}"] if missing else []
+        )
+        raise ValueError(f"{p}: config does not describe a TinyGPTConfig: {'; '.join(parts)}")
+    try:
+        cfg = TinyGPTConfig(**config)
+    except ValueError as err:  # a value of the wrong type or range
+        raise ValueError(f"{p}: invalid config: {err}") from None
+    t = make_task(task)
+    if cfg.vocab_size != t.tokenizer.vocab_size:
+        raise ValueError(
+            f"{p}: config vocab_size={cfg.vocab_size} does not match the {task!r} tokenizer "
+            f"({t.tokenizer.vocab_size} tokens)"
+        )
+    if cfg.block_size < t.prompt_length + t.max_new_tokens:
+        raise ValueError(
+            f"{p}: config block_size={cfg.block_size} is shorter than a {task!r} prompt plus answer "
+            f"({t.prompt_length + t.max_new_tokens} tokens)"
+        )
+    return cfg
+
+
+def _check_state_dict(state, expected: Mapping[str, torch.Tensor], cfg: TinyGPTConfig, p: Path) -> None:
+    """Raise ValueError unless ``state`` has the keys of ``expected``, holding finite float tensors of its shapes."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{p}: state_dict must be a dict of tensors, got {type(state).__name__}")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{p}: state_dict must map parameter names to tensors; not so for {_names(map(str, bad))}")
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        parts = ([f"missing keys {_names(missing)}"] if missing else []) + (
+            [f"unexpected keys {_names(unexpected)}"] if unexpected else []
+        )
+        raise ValueError(f"{p}: state_dict does not match a TinyGPT with its config: {'; '.join(parts)}")
+    for k, want in expected.items():
+        v = state[k]
+        if v.shape != want.shape:
+            raise ValueError(
+                f"{p}: state_dict[{k!r}] has shape {tuple(v.shape)}, expected {tuple(want.shape)} for its config"
+            )
+        if not v.is_floating_point():
+            raise ValueError(f"{p}: state_dict[{k!r}] must be a floating-point tensor, got dtype {v.dtype}")
+        check_finite(v, f"{p}: state_dict[{k!r}]")
+    if cfg.tie_weights and not torch.equal(state["head.weight"], state["wte.weight"]):
+        raise ValueError(f"{p}: config has tie_weights=True but state_dict['head.weight'] differs from 'wte.weight'")
+
+
 def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str | Path | None = None):
     """The shipped SFT warm start of ``task`` as a :class:`TinyGPT` in eval mode, and its metadata dict.
 
     Loaded with ``torch.load(..., weights_only=True)`` (no code is unpickled). ``path`` overrides the
     shipped file (e.g. a regenerated one). Returns ``(model, meta)``; ``meta`` has ``task``, ``config``,
     ``recipe``, ``steps``, ``heldout_accuracy`` and ``torch_version``.
+
+    A shipped file must match its recorded SHA-256 (:data:`CHECKPOINT_SHA256`); every file, shipped or
+    given with ``path``, is then checked before it is used: a ValueError names what is wrong (a file that
+    needs code to be unpickled, a payload that is not a checkpoint dict, unknown or missing config fields
+    or invalid values, missing or unexpected state-dict keys, a tensor of the wrong shape or dtype, NaN or
+    infinite weights). ``device`` is checked too: ``"cuda"`` without a GPU is a ValueError.
     """
+    dev = check_device(device)
+    if path is not None and not isinstance(path, (str, Path)):
+        raise ValueError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     p = checkpoint_path(task) if path is None else Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint file {p} does not exist; regenerate it with `python -m policygrad.lm.regenerate_warm_starts {task}`")
@@ -276,16 +349,36 @@ def load_warm_start(task: str, *, device: str | torch.device = "cpu", path: str 
             )
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one that needs unpickling code
+    except pickle.UnpicklingError:  # a torch file whose objects need code to rebuild them
+        raise ValueError(
+            f"{p} is not a policygrad warm-start checkpoint: it needs code to be unpickled, which "
+            "load_warm_start refuses (torch.load(weights_only=True) loads only tensors and plain containers)"
+        ) from None
+    except Exception as err:  # not a torch file
         raise ValueError(f"{p} is not a policygrad warm-start checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint: it holds a {kind}, not a dict")
     needed = {"format", "task", "config", "state_dict", "steps", "heldout_accuracy"}
-    if not isinstance(payload, dict) or not needed <= set(payload) or payload["format"] != 1:
-        raise ValueError(f"{p} is not a policygrad warm-start checkpoint (missing {sorted(needed - set(payload or {}))})")
+    if not needed <= set(payload):
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint (missing {sorted(needed - set(payload))})")
+    if payload["format"] != 1:
+        raise ValueError(f"{p} is not a policygrad warm-start checkpoint (format {payload['format']!r}, expected 1)")
     if payload["task"] != task:
         raise ValueError(f"{p} is a warm start for task {payload['task']!r}, not {task!r}")
-    model = TinyGPT(TinyGPTConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.to(device).eval()
+    steps, acc = payload["steps"], payload["heldout_accuracy"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{p}: steps must be a positive integer, got {steps!r}")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+        raise ValueError(f"{p}: heldout_accuracy must be a number in [0, 1], got {acc!r}")
+    cfg = _checked_config(payload["config"], p, task)
+    state = payload["state_dict"]
+    if not isinstance(state, Mapping):  # before building the model: nothing to build it for
+        raise ValueError(f"{p}: state_dict must be a dict of tensors, got {type(state).__name__}")
+    model = TinyGPT(cfg)
+    _check_state_dict(state, model.state_dict(), cfg, p)
+    model.load_state_dict(state)
+    model.to(dev).eval()
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
     return model, meta
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_device, check_positive_int, check_tensor
 from ..rollout import Samples
 from ..trajectory_side.logprobs import token_entropy, token_log_probs
 
@@ -133,8 +133,13 @@ class KVCache:
     def __init__(
         self, config: TinyGPTConfig, batch_size: int, capacity: int, *, dtype: torch.dtype, device: torch.device
     ) -> None:
+        if not isinstance(config, TinyGPTConfig):
+            raise ValueError(f"config must be a TinyGPTConfig, got {type(config).__name__}")
         check_positive_int(batch_size, "batch_size")
         check_positive_int(capacity, "capacity")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        device = check_device(device)
         if capacity > config.block_size:
             raise ValueError(f"capacity ({capacity}) cannot exceed block_size={config.block_size}")
         shape = (batch_size, config.n_head, capacity, config.n_embd // config.n_head)

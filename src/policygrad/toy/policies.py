@@ -7,6 +7,8 @@ next-token logits ``(B, T, V)``; ``policy.sample(prompts, generator=...)`` retur
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -45,8 +47,13 @@ class TabularPolicy(nn.Module):
         self.max_len = check_positive_int(max_len, "max_len")
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-        if eos is not None and not (0 <= eos < vocab_size):
-            raise ValueError(f"eos must be a token id in [0, {vocab_size - 1}], got {eos}")
+        if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab_size):
+            raise ValueError(f"eos must be a token id in [0, {vocab_size - 1}], got {eos!r}")
+        scale_ok = isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
+        if not scale_ok or not math.isfinite(init_scale) or init_scale < 0:
+            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.eos = eos
         self.num_prefixes = sum(vocab_size**t for t in range(max_len))
         if self.num_prompts * self.num_prefixes * vocab_size > 5_000_000:
@@ -78,12 +85,14 @@ class TabularPolicy(nn.Module):
 
     def _check_inputs(self, prompts: torch.Tensor, completions: torch.Tensor | None = None) -> None:
         check_tensor(prompts, "prompts", 1)
-        if prompts.dtype in (torch.float16, torch.float32, torch.float64):
-            raise ValueError("prompts must be integer prompt ids")
+        if prompts.dtype == torch.bool or prompts.is_floating_point() or prompts.is_complex():
+            raise ValueError(f"prompts must be integer prompt ids, got dtype {prompts.dtype}")
         if prompts.numel() and (int(prompts.min()) < 0 or int(prompts.max()) >= self.num_prompts):
             raise ValueError(f"prompt ids must lie in [0, {self.num_prompts - 1}]")
         if completions is not None:
             check_tensor(completions, "completions", 2)
+            if completions.dtype == torch.bool or completions.is_floating_point() or completions.is_complex():
+                raise ValueError(f"completions must be integer token ids, got dtype {completions.dtype}")
             if completions.shape[0] != prompts.shape[0]:
                 raise ValueError(
                     f"prompts has {prompts.shape[0]} rows but completions has {completions.shape[0]}"
@@ -115,6 +124,8 @@ class TabularPolicy(nn.Module):
     def sample(self, prompts: torch.Tensor, *, generator: torch.Generator | None = None) -> Samples:
         """Sample one completion per prompt id (repeat ids for a group). ``prompts (B,)``."""
         self._check_inputs(prompts)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         B, V = prompts.shape[0], self.vocab_size
         device = self.logits_table.device
         prompts = prompts.to(device)

@@ -14,6 +14,23 @@ from ..exact.enumeration import ExactProblem, enumerate_completions
 
 __all__ = ["contextual_bandit", "target_sequence_task", "variable_length_task"]
 
+# the reward structures target_sequence_task knows
+_TARGET_REWARDS = ("exact_match", "fraction", "per_step")
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Each size a positive integer; a vocabulary (or arm count) of at least 2."""
+    for name, value in sizes.items():
+        check_positive_int(value, name)
+        if name in ("vocab_size", "num_arms") and value < 2:
+            raise ValueError(f"{name} must be at least 2, got {value}")
+
 
 def _uniform_prompts(num_prompts: int, completions, mask, rewards, gamma: float = 1.0) -> ExactProblem:
     """Prompt ids ``0..num_prompts-1`` with a uniform distribution, the given completions and rewards."""
@@ -35,13 +52,18 @@ def contextual_bandit(
     With ``rewards=None`` the table ``(num_contexts, num_arms)`` is drawn from a seeded standard
     normal; pass a table to choose it. Use with ``TabularPolicy(num_contexts, num_arms, max_len=1)``.
     """
-    check_positive_int(num_contexts, "num_contexts")
-    check_positive_int(num_arms, "num_arms")
+    _check_sizes(num_contexts=num_contexts, num_arms=num_arms)
+    _check_seed(seed)
     if rewards is None:
         g = torch.Generator().manual_seed(seed)
         rewards = torch.randn(num_contexts, num_arms, generator=g)
+    elif not isinstance(rewards, torch.Tensor):
+        kind = type(rewards).__name__
+        raise ValueError(f"rewards must be a torch.Tensor of shape {(num_contexts, num_arms)}, got {kind}")
     elif tuple(rewards.shape) != (num_contexts, num_arms):
         raise ValueError(f"rewards must have shape {(num_contexts, num_arms)}, got {tuple(rewards.shape)}")
+    elif rewards.dtype == torch.bool or rewards.is_complex():
+        raise ValueError(f"rewards must hold real numbers, got dtype {rewards.dtype}")
     completions, mask = enumerate_completions(num_arms, 1)
     return _uniform_prompts(num_contexts, completions, mask, rewards.to(torch.get_default_dtype()))
 
@@ -67,10 +89,10 @@ def target_sequence_task(
     Returns ``(problem, targets)`` with ``targets (num_prompts, length)``. Use with
     ``TabularPolicy(num_prompts, vocab_size, length)``.
     """
-    check_positive_int(num_prompts, "num_prompts")
-    check_positive_int(length, "length")
+    _check_sizes(num_prompts=num_prompts, vocab_size=vocab_size, length=length)
     check_unit_interval(gamma, "gamma")
-    if reward not in ("exact_match", "fraction", "per_step"):
+    _check_seed(seed)
+    if not isinstance(reward, str) or reward not in _TARGET_REWARDS:
         raise ValueError(f"reward must be 'exact_match', 'fraction' or 'per_step', got {reward!r}")
     completions, mask = enumerate_completions(vocab_size, length)
     g = torch.Generator().manual_seed(seed)
@@ -106,6 +128,7 @@ def variable_length_task(
     check_positive_int(num_prompts, "num_prompts")
     check_positive_int(max_len, "max_len")
     check_positive_int(vocab_size, "vocab_size")
+    _check_seed(seed)
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be at least 2 (EOS and one other token), got {vocab_size}")
     if max_len < 2:
