@@ -16,18 +16,19 @@ F64 = torch.float64
 def test_hand_values_for_one_group_of_four():
     R = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0], dtype=F64)  # groups [1,0,0,1] and [0,1,1,1]
     # group 1: mean 0.5, population std 0.5 -> +-1; group 2: mean 0.75, std sqrt(3)/4
-    A = group_advantages(R, 4, eps=0.0)
+    A = group_advantages(R, 4, eps=0.0, unbiased=False)  # the default is unbiased=True (TRL, verl)
     s2 = math.sqrt(3) / 4
     want = torch.tensor([1, -1, -1, 1, -0.75 / s2, 0.25 / s2, 0.25 / s2, 0.25 / s2], dtype=F64)
     torch.testing.assert_close(A, want, atol=1e-12, rtol=0)
     # unbiased std: sqrt(G / (G - 1)) larger, so the advantages shrink by sqrt((G - 1) / G)
     torch.testing.assert_close(group_advantages(R, 4, eps=0.0, unbiased=True), want * math.sqrt(3 / 4), atol=1e-12, rtol=0)
+    torch.testing.assert_close(group_advantages(R, 4, eps=0.0), want * math.sqrt(3 / 4), atol=1e-12, rtol=0)
     # no scaling (Dr.GRPO): the centred rewards
     torch.testing.assert_close(group_advantages(R, 4, scale=None), R - torch.tensor([0.5] * 4 + [0.75] * 4, dtype=F64),
                                atol=1e-12, rtol=0)  # fmt: skip
     # eps enters the denominator
-    torch.testing.assert_close(group_advantages(R[:4], 4, eps=0.5), torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=F64),
-                               atol=1e-12, rtol=0)  # fmt: skip
+    torch.testing.assert_close(group_advantages(R[:4], 4, eps=0.5, unbiased=False),
+                               torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=F64), atol=1e-12, rtol=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("scale", ["std", None])

@@ -107,7 +107,7 @@ def test_group_step_advantages_hand_values():
     centred = torch.tensor([[-0.6, -0.4, 0.8], [0.6, 1.8, 0.0]], dtype=F64)
     got = group_step_advantages(R_STEP, M_STEP, 2, scale=None)
     torch.testing.assert_close(got, centred, atol=1e-12, rtol=0)
-    biased = group_step_advantages(R_STEP, M_STEP, 2)  # scale="std", population std sqrt(6.8 / 5), eps 1e-6
+    biased = group_step_advantages(R_STEP, M_STEP, 2, unbiased=False)  # population std sqrt(6.8 / 5), eps 1e-6
     torch.testing.assert_close(biased, centred / (math.sqrt(1.36) + EPS), atol=1e-12, rtol=0)
     unbiased = group_step_advantages(R_STEP, M_STEP, 2, unbiased=True, eps=0.0)  # std sqrt(6.8 / 4)
     torch.testing.assert_close(unbiased, centred / math.sqrt(1.7), atol=1e-12, rtol=0)
@@ -126,8 +126,10 @@ def test_group_step_advantages_with_steps_a_strict_subset_of_the_mask():
     centred = torch.tensor([[-1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 0.0]], dtype=F64)
     got = group_step_advantages(r, mask, 2, step_mask=step, scale=None)
     torch.testing.assert_close(got, centred, atol=1e-12, rtol=0)
-    got = group_step_advantages(r, mask, 2, step_mask=step, eps=0.0)
+    got = group_step_advantages(r, mask, 2, step_mask=step, eps=0.0, unbiased=False)
     torch.testing.assert_close(got, centred / math.sqrt(2 / 3), atol=1e-12, rtol=0)
+    got = group_step_advantages(r, mask, 2, step_mask=step, eps=0.0)  # the default: Bessel, std sqrt(2 / 2) = 1
+    torch.testing.assert_close(got, centred / 1.0, atol=1e-12, rtol=0)
     # negative control: with every trained token a step, the zeros on tokens 0, 2 of row 0 count as steps
     assert (group_step_advantages(r, mask, 2, scale=None) - centred).abs().max() > 0.1
 
@@ -200,8 +202,6 @@ _M = torch.ones(4, 3, dtype=F64)
         ({"group_size": 1}, "group_size >= 2"),
         ({"group_size": 0}, "group_size"),
         ({"rewards": torch.tensor([[0.0, float("nan"), 0.0]] * 4, dtype=F64)}, "NaN"),
-        ({"mask": torch.tensor([[1.0, 1.0, 0.0]] * 4, dtype=F64), "rewards": torch.tensor([[0.0, 0.0, 1.0]] * 4, dtype=F64)},
-         "rewards must be 0 where step_mask"),
         ({"step_mask": torch.tensor([[0.0, 0.0, 1.0]] * 4, dtype=F64), "rewards": torch.tensor([[1.0, 0.0, 0.0]] * 4, dtype=F64)},
          "rewards must be 0 where step_mask"),
         ({"mask": torch.tensor([[1.0, 1.0, 0.0]] * 4, dtype=F64), "step_mask": torch.ones(4, 3, dtype=F64)},
@@ -553,9 +553,10 @@ def test_binary_weight_limits():
     # G = 2, biased std: the advantages are +-0.5/(0.5 + eps), so w = 1/(1 + 2 eps) for every p
     for eps in (1e-6, 0.1):
         torch.testing.assert_close(
-            binary_weight(p, 2, eps=eps), torch.full_like(p, 1 / (1 + 2 * eps)), atol=1e-12, rtol=0
+            binary_weight(p, 2, eps=eps, unbiased=False), torch.full_like(p, 1 / (1 + 2 * eps)), atol=1e-12, rtol=0
         )
-    assert (binary_weight(p, 2) - 1).abs().max() < 3e-6
+    assert (binary_weight(p, 2, unbiased=False) - 1).abs().max() < 3e-6
+    assert (binary_weight(p, 2) - 2**-0.5).abs().max() < 3e-6  # the default, Bessel's correction: 1/sqrt(2)
     # large G: w_G(p) sqrt(p(1-p)) = 1 - O(1/G) (1/G from the sample's own weight in the mean, O(1/G) from the
     # spread of the group's success rate around p, variance p(1-p)/G); at G = 400 that is a few 0.1 %, so 1 %
     q = torch.tensor([0.2, 0.5, 0.7], dtype=F64)

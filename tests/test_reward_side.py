@@ -98,8 +98,7 @@ def test_returns_to_go_validation():
         returns_to_go(r, m, gamma=-0.01)
     with pytest.raises(ValueError, match="mask must have shape"):
         returns_to_go(r, torch.ones(2, 2))
-    with pytest.raises(ValueError, match="empty"):
-        returns_to_go(r, torch.zeros(2, 3))
+    assert torch.equal(returns_to_go(r, torch.zeros(2, 3)), torch.zeros(2, 3))  # every token masked out: 0
     with pytest.raises(ValueError, match="0 and 1"):
         returns_to_go(r, torch.full((2, 3), 0.5))
     with pytest.raises(ValueError, match="NaN"):
@@ -131,7 +130,8 @@ def test_reinforce_weights_terminal():
     bt = torch.arange(9.0).reshape(3, 3)
     assert torch.equal(reinforce_weights(R, m, baseline=bt), (R.unsqueeze(1) - bt) * m)
     assert torch.equal(reinforce_weights(R, m.bool()), R.unsqueeze(1) * m)
-    assert torch.equal(reinforce_weights(torch.tensor([1, 0, 1]), m), torch.tensor([[1.0], [0.0], [1.0]]) * m)
+    with pytest.raises(ValueError, match="floating-point"):  # integer rewards are refused, not promoted
+        reinforce_weights(torch.tensor([1, 0, 1]), m)
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.8])
@@ -166,8 +166,7 @@ def test_reinforce_weights_validation():
         reinforce_weights(torch.tensor([0.0, float("nan"), 1.0]), m)
     with pytest.raises(ValueError, match="NaN"):
         reinforce_weights(torch.tensor([[0.0, float("inf")]] * 3), m)
-    with pytest.raises(ValueError, match="empty"):
-        reinforce_weights(R, torch.zeros(3, 2))
+    assert torch.equal(reinforce_weights(R, torch.zeros(3, 2)), torch.zeros(3, 2))  # every token masked out: 0
     with pytest.raises(ValueError, match="0 and 1"):
         reinforce_weights(R, torch.full((3, 2), 2.0))
     with pytest.raises(ValueError, match="baseline"):
@@ -267,8 +266,7 @@ def test_td_gae_n_step_validation():
             fn(r, v * float("nan"), m)
         with pytest.raises(ValueError, match="NaN"):
             fn(r * float("inf"), v, m)
-        with pytest.raises(ValueError, match="empty"):
-            fn(r, v, torch.zeros_like(m))
+        assert torch.equal(fn(r, v, torch.zeros_like(m)), torch.zeros_like(m))  # every token masked out: 0
         with pytest.raises(ValueError, match="mask"):
             fn(r, v, m[:-1])
         with pytest.raises(ValueError, match="last_value"):

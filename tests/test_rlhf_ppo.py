@@ -94,7 +94,7 @@ def test_rlhf_advantages_are_whitened_over_trained_tokens_and_targets_are_not():
     batch = _batch(OLD, REF, R, MASK, V)
     adv = rlhf_advantages(batch)
     sel = MASK.bool()
-    assert abs(float(adv[sel].mean())) < 1e-12 and float(adv[sel].std(unbiased=False)) == pytest.approx(1.0, abs=1e-12)
+    assert abs(float(adv[sel].mean())) < 1e-12 and float(adv[sel].std(unbiased=True)) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(adv, whiten(rlhf_gae(batch), MASK), atol=1e-12, rtol=0)
     raw = rlhf_advantages(batch, whiten_advantages=False)
     torch.testing.assert_close(raw, rlhf_gae(batch), atol=0, rtol=0)

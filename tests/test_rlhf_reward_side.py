@@ -43,14 +43,17 @@ def test_kl_shaped_rewards_subtract_beta_times_the_estimate_on_real_tokens_only(
 
 def test_whiten_over_masked_tokens_and_its_edge_cases():
     v = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, -7.0, -7.0, -7.0], [9.0, 9.0, 9.0, 9.0]])
-    w = whiten(v, MASK)
+    w = whiten(v, MASK)  # the package default: Bessel-corrected std (unbiased=True), as TRL and verl
     sel = w[MASK.bool()]
-    assert abs(sel.mean().item()) < 1e-6 and abs(sel.std(unbiased=False).item() - 1.0) < 1e-6
+    assert abs(sel.mean().item()) < 1e-6 and abs(sel.std(unbiased=True).item() - 1.0) < 1e-6
     assert torch.equal(w * (1 - MASK), torch.zeros_like(w))  # padding stays 0
     vals = torch.tensor([1.0, 2.0, 3.0, 5.0])
-    assert torch.allclose(sel, (vals - vals.mean()) / vals.std(unbiased=False), atol=1e-6)
+    assert torch.allclose(sel, (vals - vals.mean()) / vals.std(unbiased=True), atol=1e-6)
     scaled = whiten(v, MASK, shift_mean=False)[MASK.bool()]
-    assert torch.allclose(scaled, vals / vals.std(unbiased=False), atol=1e-6)  # signs kept
+    assert torch.allclose(scaled, vals / vals.std(unbiased=True), atol=1e-6)  # signs kept
+    pop = whiten(v, MASK, unbiased=False)[MASK.bool()]  # the population std on request
+    assert abs(pop.std(unbiased=False).item() - 1.0) < 1e-6
+    assert torch.allclose(pop, (vals - vals.mean()) / vals.std(unbiased=False), atol=1e-6)
     const = whiten(torch.full((3, 4), 0.7), MASK)
     assert torch.equal(const, torch.zeros(3, 4))  # all equal: no signal, never NaN
     assert torch.equal(whiten(v, torch.zeros(3, 4)), torch.zeros(3, 4))

@@ -56,7 +56,7 @@ def conditional_advantages(
     group_size: int,
     *,
     scale: str | None = "std",
-    unbiased: bool = False,
+    unbiased: bool = True,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """:math:`c(v_j) = \\mathbb E[A_1 \\mid R_1 = v_j]` for every reward value, exactly.
@@ -94,7 +94,7 @@ def conditional_advantages(
 
 
 def binary_advantage_table(
-    group_size: int, *, scale: str | None = "std", unbiased: bool = False, eps: float = 1e-6
+    group_size: int, *, scale: str | None = "std", unbiased: bool = True, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For 0/1 rewards: the advantage of a success ``a1[k]`` and of a failure ``a0[k]`` when ``k`` of the other
     ``G - 1`` completions succeeded, ``k = 0 .. G-1``. Two ``(G,)`` float64 tensors."""
@@ -115,7 +115,7 @@ def _check_p(p) -> torch.Tensor:
 
 
 def binary_weight(
-    p, group_size: int, *, scale: str | None = "std", unbiased: bool = False, eps: float = 1e-6
+    p, group_size: int, *, scale: str | None = "std", unbiased: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
     """The weight a group method puts on :math:`\\nabla p_x` for a prompt of success probability ``p`` (0/1 rewards).
 
@@ -134,7 +134,7 @@ def binary_weight(
 
 
 def binary_objective(
-    p, group_size: int, *, scale: str | None = "std", unbiased: bool = False, eps: float = 1e-6
+    p, group_size: int, *, scale: str | None = "std", unbiased: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
     """:math:`\\Phi_G(p) = \\int_0^p w_G(u)\\,du`, the per-prompt objective whose gradient a group method follows.
 
@@ -168,7 +168,7 @@ def implied_weights(
     group_size: int,
     *,
     scale: str | None = "std",
-    unbiased: bool = False,
+    unbiased: bool = True,
     eps: float = 1e-6,
     length_norm: bool = True,
 ) -> torch.Tensor:
@@ -228,7 +228,7 @@ def expected_group_gradient(
     group_size: int,
     *,
     scale: str | None = "std",
-    unbiased: bool = False,
+    unbiased: bool = True,
     eps: float = 1e-6,
     length_norm: bool = True,
 ) -> torch.Tensor:

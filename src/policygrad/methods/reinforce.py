@@ -8,7 +8,7 @@ import torch
 from ..reward_side.baselines import leave_one_out_baseline
 from ..reward_side.returns import broadcast_to_tokens
 from ..rollout import RolloutBatch
-from ..trajectory_side.surrogates import pg_surrogate
+from ..trajectory_side.surrogates import policy_gradient_loss
 from .base import Method, register
 
 __all__ = ["reinforce_advantages", "batch_loo_advantages", "reinforce_loss"]
@@ -33,16 +33,17 @@ def batch_loo_advantages(batch: RolloutBatch) -> torch.Tensor:
     return broadcast_to_tokens(R - leave_one_out_baseline(R), batch.loss_mask)
 
 
-def reinforce_loss(logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def reinforce_loss(
+    logp: torch.Tensor, batch: RolloutBatch, advantages: torch.Tensor, *, aggregation: str = "seq-mean-token-sum"
+) -> tuple[torch.Tensor, dict]:
     """Loss = −:func:`policygrad.trajectory_side.pg_surrogate`: :math:`-\\frac1B\\sum_{i,t} m_{i,t} A_{i,t}\\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
 
     The sum over a sequence's tokens is the sequence's log-probability, so the gradient is the
-    REINFORCE estimate of :math:`\\nabla J` itself (no per-token averaging, no ratio). A batch whose loss
-    mask is empty gives loss 0 with a zero gradient.
+    REINFORCE estimate of :math:`\\nabla J` itself (no per-token averaging, no ratio). This wrapper only
+    unpacks the batch for :func:`policygrad.trajectory_side.policy_gradient_loss`; an empty loss mask
+    gives loss 0 with a zero gradient.
     """
-    if not bool((batch.loss_mask != 0).any()):
-        return (logp * 0.0).sum(), {}
-    return -pg_surrogate(logp, advantages, batch.loss_mask), {}
+    return policy_gradient_loss(logp, advantages, batch.loss_mask, aggregation=aggregation)
 
 
 register(

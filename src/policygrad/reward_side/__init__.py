@@ -1,13 +1,18 @@
 """The reward side: what multiplies the score :math:`\\nabla_\\theta\\log\\pi_\\theta(y_t\\mid s_t)`.
 
-Returns and GAE, baselines (leave-one-out, learned), group normalisers and whitening, KL reward
-shaping, the critic's loss. Padded ``(B, T)`` batches with an explicit mask; 0 where the mask is 0.
+Returns and GAE, baselines (leave-one-out, group leave-one-out (RLOO), learned), group normalisers and
+whitening, KL reward shaping, the critic's loss. Padded ``(B, T)`` batches with an explicit mask; 0 where the mask is 0.
 """
 
 from __future__ import annotations
 
 from . import baselines, critic, masks, normalise, returns, shaping, td
-from .baselines import TabularValue, leave_one_out_baseline, optimal_constant_baseline
+from .baselines import (
+    TabularValue,
+    group_leave_one_out_advantages,
+    leave_one_out_baseline,
+    optimal_constant_baseline,
+)
 from .critic import clipped_value_loss, explained_variance
 from .normalise import group_advantages, group_step_advantages, whiten
 from .returns import broadcast_to_tokens, reinforce_weights, returns_to_go, terminal_to_steps, total_return
@@ -32,6 +37,7 @@ __all__ = [
     "gae",
     "optimal_constant_baseline",
     "leave_one_out_baseline",
+    "group_leave_one_out_advantages",
     "TabularValue",
     "whiten",
     "group_advantages",

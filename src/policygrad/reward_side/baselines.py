@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_mask, check_positive_int, check_tensor
+from .._checks import check_finite, check_float, check_mask, check_positive_int, check_tensor
+from .._tensor import select
+from .masks import _constant_groups
 
-__all__ = ["optimal_constant_baseline", "leave_one_out_baseline", "TabularValue"]
+__all__ = ["optimal_constant_baseline", "leave_one_out_baseline", "group_leave_one_out_advantages", "TabularValue"]
 
 
 def optimal_constant_baseline(
@@ -23,18 +25,33 @@ def optimal_constant_baseline(
     (eq. {eq}`eq-optimal-baseline`). returns, score_sq_norms: ``(K,)``; probs ``(K,)`` makes the
     expectation exact (over an enumeration); without it, sample means are used. Derived in
     {ref}`sec-reinforce-baselines`.
+
+    All three are finite float tensors; ``score_sq_norms`` (squared norms) must be non-negative, and ``probs``
+    non-negative weights, not all zero: :math:`b^*` is a ratio of two expectations under the same weights, so
+    they need not be normalised (joint probabilities of one prompt's completions, summing to
+    :math:`\\rho(x)`, give that prompt's :math:`b^*`).
     """
-    check_tensor(returns, "returns", 1)
-    check_tensor(score_sq_norms, "score_sq_norms", 1)
-    returns, score_sq_norms = returns.detach(), score_sq_norms.detach()
-    probs = None if probs is None else probs.detach()
+    check_float(returns, "returns", 1)
+    check_float(score_sq_norms, "score_sq_norms", 1)
+    returns, score_sq_norms = returns.detach().double(), score_sq_norms.detach().double()
     check_finite(returns, "returns")
     check_finite(score_sq_norms, "score_sq_norms")
     if returns.shape != score_sq_norms.shape:
         raise ValueError("returns and score_sq_norms must have the same shape")
-    w = torch.ones_like(returns) / returns.numel() if probs is None else probs
-    if w.shape != returns.shape:
-        raise ValueError("probs must have the shape of returns")
+    if bool((score_sq_norms < 0).any()):
+        raise ValueError("score_sq_norms must be non-negative (they are squared norms)")
+    if probs is None:
+        w = torch.ones_like(returns) / returns.numel()
+    else:
+        check_float(probs, "probs")
+        w = probs.detach().double()
+        if w.shape != returns.shape:
+            raise ValueError("probs must have the shape of returns")
+        check_finite(w, "probs")
+        if bool((w < 0).any()):
+            raise ValueError("probs must be non-negative")
+        if not float(w.sum()) > 0:
+            raise ValueError("probs are all zero: they weigh nothing")
     den = (w * score_sq_norms).sum()
     if float(den) <= 0:
         raise ValueError("all score norms are zero: the baseline is undefined (the gradient is zero anyway)")
@@ -48,12 +65,62 @@ def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
     Because :math:`b_i` does not depend on sample :math:`i`, subtracting it keeps REINFORCE unbiased
     (eq. {eq}`eq-loo-baseline`). Needs ``N >= 2``. Derived in {ref}`sec-reinforce-baselines`.
     """
-    check_tensor(values, "values", (1, 2))
+    check_float(values, "values", (1, 2))
     check_finite(values, "values")
     n = values.shape[0]
     if n < 2:
         raise ValueError(f"a leave-one-out baseline needs at least 2 samples, got {n}")
     return (values.sum(0, keepdim=True) - values) / (n - 1)
+
+
+def group_leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """RLOO: each reward minus the mean reward of the *other* rows of its group.
+
+    :math:`A_i = R_i - \\frac{1}{G_g-1}\\sum_{j \\in g,\\ j\\ne i} R_j = \\frac{G_g}{G_g-1}(R_i - \\bar R_g)`, the
+    leave-one-out baseline of eq. {eq}`eq-loo-baseline` within each group (the completions of one prompt).
+    rewards ``(B,)`` finite floats; group_ids ``(B,)`` an integer tensor: rows with the same id form a group
+    (they need not be contiguous, and groups may differ in size). A group of one row has no one to compare with
+    and is a ValueError. The baseline of row :math:`i` does not depend on :math:`R_i`
+    (:math:`\\partial A_i/\\partial R_i = 1`, :math:`\\partial A_j/\\partial R_i = -1/(G_g-1)`), so the estimate
+    stays unbiased. Advantages sum to 0 within every group, and are exactly 0 for a group whose rewards are
+    equal up to round-off (spread :math:`\\le 16\\,\\epsilon_\\text{dtype}\\max(1, \\max|R|)`, the rule of
+    :func:`policygrad.reward_side.group_advantages`). Computed in float64, returned in the dtype of rewards.
+
+    The same estimator as verl's ``compute_rloo_outcome_advantage`` (``verl/trainer/ppo/core_algos.py``:
+    ``R * G/(G-1) - mean * G/(G-1)``, groups by an index array; a group of one keeps its raw reward there, and
+    gets 0 in ``compute_rloo_vectorized_outcome_advantage``) and TRL's ``RLOOTrainer``
+    (``trl/trainer/rloo_trainer.py``, ``_generate_and_score_completions``: ``R - (sum_g - R)/(G - 1)`` over
+    contiguous groups of ``num_generations``, then optionally whitened over the batch). Returns ``(B,)``.
+    Derived in {ref}`sec-reinforce-baselines`; GRPO's group mean rescaled to it in eq. {eq}`eq-grpo-loo`.
+    """
+    check_float(rewards, "rewards", 1)
+    check_tensor(group_ids, "group_ids", 1)
+    if group_ids.dtype == torch.bool or group_ids.is_floating_point() or group_ids.is_complex():
+        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    if group_ids.shape != rewards.shape:
+        raise ValueError(f"group_ids must have shape {tuple(rewards.shape)}, got {tuple(group_ids.shape)}")
+    if rewards.numel() == 0:
+        raise ValueError("rewards is empty: there is no group to compare within")
+    check_finite(rewards, "rewards")
+    ids, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    if bool((counts < 2).any()):
+        lone = ids[counts < 2].tolist()
+        raise ValueError(f"group id {lone[0]} has a single row: leave-one-out needs >= 2 rows per group (lone: {lone})")
+    r = rewards.to(torch.float64)
+    n = counts.to(torch.float64)
+
+    def group_mean(x):
+        return (x.new_zeros(len(ids)).index_add(0, inv, x) / n)[inv]
+
+    centred = r - group_mean(r)
+    centred = centred - group_mean(centred)  # a second pass: the group sums are 0 to round-off of |A|, not |R|
+    adv = centred * (n / (n - 1))[inv]
+    inf = torch.full_like(n, float("inf"))
+    lo = inf.scatter_reduce(0, inv, r.detach(), "amin")
+    hi = (-inf).scatter_reduce(0, inv, r.detach(), "amax")
+    top = torch.zeros_like(n).scatter_reduce(0, inv, r.detach().abs(), "amax")
+    constant = _constant_groups(lo, hi, top, rewards.dtype)[inv]
+    return torch.where(constant, torch.zeros_like(adv), adv).to(rewards.dtype)
 
 
 class TabularValue(nn.Module):
@@ -82,10 +149,16 @@ class TabularValue(nn.Module):
         Returns the mean squared error before the step.
         """
         if states.shape != targets.shape:
-            raise ValueError(f"states and targets must have the same shape, got {tuple(states.shape)} and {tuple(targets.shape)}")
-        check_finite(targets, "targets")
-        m = torch.ones_like(targets) if mask is None else check_mask(mask, "mask", targets.shape).to(targets.dtype)
-        err = (targets - self(states)) * m
+            raise ValueError(
+                f"states and targets must have the same shape, got {tuple(states.shape)} and {tuple(targets.shape)}"
+            )
+        check_float(targets, "targets")
+        sel = torch.ones_like(targets, dtype=torch.bool)
+        if mask is not None:
+            sel = check_mask(mask, "mask", targets.shape) != 0
+        check_finite(targets, "targets", mask=sel)
+        m = sel.to(targets.dtype)
+        err = select(targets - self(states), sel)
         s = states.reshape(-1).long()
         num = torch.zeros_like(self.table).index_add_(0, s, err.reshape(-1))
         cnt = torch.zeros_like(self.table).index_add_(0, s, m.reshape(-1))

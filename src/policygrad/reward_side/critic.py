@@ -7,10 +7,26 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_tensor
-from .masks import _check_seq_mask
+from .._checks import check_float
+from .._tensor import select
+from .masks import _check_like, _check_seq_mask
 
 __all__ = ["clipped_value_loss", "explained_variance"]
+
+
+def _check_critic_inputs(values, others, mask) -> torch.Tensor:
+    """Float ``(B, T)`` tensors of one shape, finite on the tokens ``mask`` selects; returns the selection."""
+    check_float(values, "values", 2)
+    for name, x in others:
+        check_float(x, name, 2)
+        if x.shape != values.shape:
+            raise ValueError(f"{name} must have the shape of values {tuple(values.shape)}, got {tuple(x.shape)}")
+    sel = _check_seq_mask(mask, values.shape[0])
+    if sel.shape != values.shape:
+        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(sel.shape)}")
+    for name, x in (("values", values), *others):
+        _check_like(x, name, values.shape, sel, ref="values")
+    return sel
 
 
 def clipped_value_loss(
@@ -27,28 +43,21 @@ def clipped_value_loss(
     values ``(B, T)`` from the critic (with gradient); old_values ``(B, T)`` the critic's values when the
     batch was sampled; returns ``(B, T)`` the regression targets (e.g. GAE advantages + old values); all
     but ``values`` are constants. ``clip=None`` gives the plain squared error. An empty mask gives 0.
-    Derived in {ref}`sec-rlhf-ppo`.
+    Padded positions are selected away first: whatever sits there, the loss is the same and the gradient there
+    is exactly 0. Derived in {ref}`sec-rlhf-ppo`.
     """
-    check_tensor(values, "values", 2)
-    for name, x in (("old_values", old_values), ("returns", returns)):
-        check_tensor(x, name, 2)
-        if x.shape != values.shape:
-            raise ValueError(f"{name} must have the shape of values {tuple(values.shape)}, got {tuple(x.shape)}")
-        check_finite(x, name)
-    m = _check_seq_mask(mask, values.shape[0])
-    if m.shape != values.shape:
-        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
+    sel = _check_critic_inputs(values, (("old_values", old_values), ("returns", returns)), mask)
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
-    m = m.to(values.dtype)
-    G = returns.detach().to(values.dtype)
-    loss = (values - G) ** 2
+    v = select(values, sel)
+    G = select(returns.detach(), sel).to(values.dtype)
+    loss = (v - G) ** 2
     if clip is not None:
-        old = old_values.detach().to(values.dtype)
-        clipped = old + torch.clamp(values - old, -clip, clip)
+        old = select(old_values.detach(), sel).to(values.dtype)
+        clipped = old + torch.clamp(v - old, -clip, clip)
         loss = torch.maximum(loss, (clipped - G) ** 2)
-    n = m.sum()
-    return 0.5 * (loss * m).sum() / n.clamp_min(1.0)
+    n = sel.sum().to(loss.dtype)
+    return 0.5 * select(loss, sel).sum() / n.clamp_min(1.0)
 
 
 def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
@@ -60,16 +69,7 @@ def explained_variance(values: torch.Tensor, targets: torch.Tensor, mask: torch.
     (or the mask selects fewer than two tokens), so the metric is never NaN. Explained in
     {ref}`sec-rlhf-ppo`.
     """
-    check_tensor(values, "values", 2)
-    check_tensor(targets, "targets", 2)
-    if targets.shape != values.shape:
-        raise ValueError(f"targets must have the shape of values {tuple(values.shape)}, got {tuple(targets.shape)}")
-    check_finite(values, "values")
-    check_finite(targets, "targets")
-    m = _check_seq_mask(mask, values.shape[0])
-    if m.shape != values.shape:
-        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
-    sel = m.detach().bool()
+    sel = _check_critic_inputs(values, (("targets", targets),), mask)
     if int(sel.sum()) < 2:
         return 0.0
     g = targets.detach()[sel].double()

@@ -1,5 +1,19 @@
 """Normalisers: whitening over a batch's tokens, and group-relative advantages (GRPO and Dr.GRPO).
 
+**Convention.** Every standard deviation here is Bessel-corrected by default, ``unbiased=True`` (divide by
+:math:`n-1`), as in TRL and verl: TRL's GRPO divides by ``nanstd`` (``trl/trainer/utils.py:nanstd``, corrected
+by ``count / (count - 1)``), verl's GRPO by ``torch.std`` (``verl/trainer/ppo/core_algos.py:
+compute_grpo_outcome_advantage``), and verl's ``masked_whiten`` uses ``masked_var(..., unbiased=True)``
+(``verl/utils/torch_functional.py``; TRL's former ``trl/core.py:masked_whiten`` was the same; TRL 1.16 has none).
+``unbiased=False`` gives the population standard deviation. Where the frameworks differ from each other and
+from us: **eps** — TRL's GRPO divides by ``std + 1e-4``, verl's by ``std + 1e-6`` (our default); both
+frameworks' ``masked_whiten`` multiply by ``rsqrt(var + 1e-8)``, whereas :func:`whiten` divides by the standard
+deviation itself and uses ``eps`` only as the threshold below which the values count as constant;
+**shift_mean=False** — ``masked_whiten`` returns :math:`(x-\\mu)/\\sigma + \\mu` (the mean re-added after
+scaling), ours returns :math:`x/\\sigma` (only rescaled, so every sign is kept). A group, or a whitened batch,
+whose values are equal up to round-off (spread :math:`\\max - \\min \\le 16\\,\\epsilon_\\text{dtype}\\max(1,
+\\max|x|)`) is constant: its advantages are exactly 0, never NaN nor round-off divided by a tiny std.
+
 Derived in {ref}`sec-rlhf-ppo`, {ref}`sec-grpo-baseline` and {ref}`sec-grpo-std`.
 """
 
@@ -7,36 +21,64 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_mask, check_positive_int, check_tensor
-from .masks import _check_seq_mask
+from .._checks import check_finite, check_float, check_mask, check_positive_int
+from .._tensor import compute_dtype, select
+from .masks import _check_flag, _check_number, _check_seq_mask, _constant_groups
 
 __all__ = ["whiten", "group_advantages", "group_step_advantages"]
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def _spread_is_round_off(x: torch.Tensor, sel: torch.Tensor, dtype: torch.dtype, dim=None) -> torch.Tensor:
+    """:func:`._constant_groups` of the selected entries of ``x`` (over ``dim``, or all of them)."""
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    red = {} if dim is None else {"dim": dim, "keepdim": True}
+    lo = torch.where(sel, x, inf).amin(**red)
+    hi = torch.where(sel, x, -inf).amax(**red)
+    top = select(x.abs(), sel).amax(**red)
+    return _constant_groups(lo, hi, top, dtype)
+
+
+def _centre(x: torch.Tensor, sel: torch.Tensor, n: torch.Tensor, dim=None) -> torch.Tensor:
+    """``x`` minus its mean over the selected entries (0 elsewhere), in two passes: the second removes the
+    round-off of the first, so the centred values sum to 0 up to round-off of their own size, not of ``|x|``."""
+    red = {} if dim is None else {"dim": dim, "keepdim": True}
+    c = select(x - select(x, sel).sum(**red) / n, sel)
+    return select(c - c.sum(**red) / n, sel)
+
+
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = True
+) -> torch.Tensor:
     """Normalise ``values (B, T)`` to mean 0 and standard deviation 1 over the tokens where ``mask`` is 1.
 
-    The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales (keeps the sign of every
-    advantage). Uses the population standard deviation. Never NaN: if the masked values are all equal
-    (std at most ``eps``) the result is zeros with ``shift_mean`` and the masked input unchanged without it;
-    an empty mask returns zeros. Used in {ref}`sec-rlhf-ppo`.
+    The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales, :math:`x/\\sigma` (keeps the sign of
+    every advantage); verl's ``masked_whiten(shift_mean=False)`` (``verl/utils/torch_functional.py``, and TRL's
+    former ``trl/core.py:masked_whiten``) instead re-adds the mean after scaling, :math:`(x-\\mu)/\\sigma+\\mu`.
+    ``unbiased=True`` (the default, as their ``masked_var(unbiased=True)``) divides the variance by :math:`n-1`,
+    ``unbiased=False`` by :math:`n`. We divide by :math:`\\sigma` itself; they multiply by
+    :math:`(\\sigma^2 + 10^{-8})^{-1/2}`. Never NaN: if the masked values are constant (all equal up to round-off,
+    the rule of the module docstring, or std at most ``eps``), or only one token is selected, the result is zeros
+    with ``shift_mean`` and the masked input unchanged without it; an empty mask returns zeros. Values on padded
+    positions are never read (they may be NaN). Used in {ref}`sec-rlhf-ppo`.
     """
-    check_tensor(values, "values", 2)
-    check_finite(values, "values")
-    m = _check_seq_mask(mask, values.shape[0])
-    if m.shape != values.shape:
-        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(m.shape)}")
-    m = m.to(values.dtype)
-    n = m.sum()
+    check_float(values, "values", 2)
+    sel = _check_seq_mask(mask, values.shape[0])
+    if sel.shape != values.shape:
+        raise ValueError(f"mask must have the shape of values {tuple(values.shape)}, got {tuple(sel.shape)}")
+    check_finite(values, "values", mask=sel)
+    _check_flag(shift_mean, "shift_mean")
+    _check_flag(unbiased, "unbiased")
+    eps = _check_number(eps, "eps")
+    x = select(values, sel)
+    n = int(sel.sum())
     if n == 0:
-        return torch.zeros_like(values)
-    mean = (values * m).sum() / n
-    var = (((values - mean) * m) ** 2).sum() / n
-    std = var.sqrt()
-    if std <= eps:
-        return (values - mean) * 0.0 * m if shift_mean else values * m
-    centred = values - mean if shift_mean else values
-    return centred / std * m
+        return torch.zeros_like(x)
+    xc = x.to(compute_dtype(x))
+    centred = _centre(xc, sel, n)
+    std = ((centred * centred).sum() / max(n - 1 if unbiased else n, 1)).sqrt()
+    if n < 2 or bool(std <= eps) or bool(_spread_is_round_off(xc, sel, values.dtype)):
+        return torch.zeros_like(x) if shift_mean else x
+    return select((centred if shift_mean else xc) / std, sel).to(values.dtype)
 
 
 def _check_group_options(group_size, rows: int, scale, unbiased, eps) -> int:
@@ -48,10 +90,8 @@ def _check_group_options(group_size, rows: int, scale, unbiased, eps) -> int:
         raise ValueError(f"group_size={G} does not divide the batch of {rows} rows")
     if scale not in ("std", None):
         raise ValueError(f"scale must be 'std' or None, got {scale!r}")
-    if not isinstance(unbiased, bool):
-        raise ValueError(f"unbiased must be True or False, got {unbiased!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
-        raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
+    _check_flag(unbiased, "unbiased")
+    _check_number(eps, "eps")
     return G
 
 
@@ -60,32 +100,35 @@ def group_advantages(
     group_size: int,
     *,
     scale: str | None = "std",
-    unbiased: bool = False,
+    unbiased: bool = True,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Group-relative advantages: each reward minus the mean of its group, optionally divided by the group's std.
 
     rewards ``(B,)``: ``B = n_groups * G`` sequence rewards, the ``G`` completions of a prompt contiguous (the
     layout of ``sample(group_size=G)``). ``scale="std"``: :math:`A_i = (R_i - \\bar R_g)/(\\sigma_g + \\varepsilon)`
-    (GRPO); ``scale=None``: :math:`A_i = R_i - \\bar R_g` (Dr.GRPO). ``unbiased`` picks the standard deviation
-    with :math:`1/(G-1)` (TRL and verl call ``torch.std``, which is unbiased) instead of :math:`1/G`.
+    (GRPO); ``scale=None``: :math:`A_i = R_i - \\bar R_g` (Dr.GRPO). ``unbiased=True`` (the default) takes the
+    standard deviation with :math:`1/(G-1)`, as TRL (``nanstd``, eps ``1e-4``) and verl (``torch.std``, eps
+    ``1e-6``) do; ``unbiased=False`` with :math:`1/G`.
 
-    A group whose rewards are all equal carries no signal and gets advantage exactly 0 (never NaN, and never
-    the round-off of the mean divided by :math:`\\varepsilon`). Advantages sum to 0 within every group. Needs
+    A group whose rewards are all equal up to round-off, i.e. whose spread satisfies
+    :math:`\\max_g R - \\min_g R \\le 16\\,\\epsilon_\\text{dtype} \\max(1, \\max_g |R|)` (``\\epsilon`` the machine
+    epsilon of the rewards' dtype), carries no signal and gets advantage exactly 0 (never NaN, and never the
+    round-off of the mean divided by a std of 1e-17 or by :math:`\\varepsilon`). Advantages sum to 0 within every
+    group up to round-off of their own size (computed in float64, returned in the rewards' dtype). Needs
     ``G >= 2``. Returns ``(B,)``. Derived in {ref}`sec-grpo-baseline` and {ref}`sec-grpo-std`.
     """
-    check_tensor(rewards, "rewards", 1)
-    if not rewards.is_floating_point():
-        raise ValueError(f"rewards must be a floating-point tensor, got dtype {rewards.dtype}")
+    check_float(rewards, "rewards", 1)
     check_finite(rewards, "rewards")
     G = _check_group_options(group_size, rewards.shape[0], scale, unbiased, eps)
-    g = rewards.reshape(-1, G)
-    constant = (g == g[:, :1]).all(1, keepdim=True)  # (n_groups, 1): no signal in this group
-    adv = g - g.mean(1, keepdim=True)
+    g = rewards.to(torch.float64).reshape(-1, G)
+    every = torch.ones_like(g, dtype=torch.bool)
+    constant = _spread_is_round_off(g.detach(), every, rewards.dtype, dim=1)  # (n_groups, 1): no signal
+    adv = _centre(g, every, G, dim=1)
     if scale == "std":
-        std = g.std(1, keepdim=True, correction=1 if unbiased else 0)
+        std = ((adv * adv).sum(1, keepdim=True) / (G - 1 if unbiased else G)).sqrt()
         adv = adv / torch.where(constant, torch.ones_like(std), std + eps)
-    return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1)
+    return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1).to(rewards.dtype)
 
 
 def group_step_advantages(
@@ -95,7 +138,7 @@ def group_step_advantages(
     *,
     step_mask: torch.Tensor | None = None,
     scale: str | None = "std",
-    unbiased: bool = False,
+    unbiased: bool = True,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """GRPO's process-supervision advantages: group-normalised step rewards, summed from each token on.
@@ -106,34 +149,30 @@ def group_step_advantages(
     normalised with the mean and (``scale="std"``) standard deviation of that group's step rewards,
     :math:`\\tilde r = (r - \\mu_g)/(\\sigma_g + \\varepsilon)`; a token's advantage is the sum of the normalised
     rewards of the steps that end at or after it, :math:`A_{i,t} = \\sum_{j:\\ t_j \\ge t} \\tilde r_{i,j}`
-    (Shao et al., 2024). A group whose step rewards are all equal (or that has fewer than two steps) gets 0
-    everywhere, as in :func:`group_advantages`. Returns ``(B, T)``, 0 where ``mask`` is 0. Derived in
-    {ref}`sec-grpo-objective`.
+    (Shao et al., 2024). ``unbiased=True`` (the default) divides the variance by the number of steps minus 1.
+    A group whose step rewards are all equal up to round-off (the rule of :func:`group_advantages`), or that has
+    fewer than two steps, gets 0 everywhere; the normalised step rewards of a group sum to 0. Rewards on tokens
+    where ``mask`` is 0 are never read (they may be NaN); on trained tokens that end no step they must be 0.
+    Returns ``(B, T)``, 0 where ``mask`` is 0. Derived in {ref}`sec-grpo-objective`.
     """
-    check_tensor(rewards, "rewards", 2)
-    if not rewards.is_floating_point():
-        raise ValueError(f"rewards must be a floating-point tensor, got dtype {rewards.dtype}")
-    check_finite(rewards, "rewards")
-    m = check_mask(mask, "mask", rewards.shape, allow_empty=True).to(rewards.dtype)
-    s = m if step_mask is None else check_mask(step_mask, "step_mask", rewards.shape, allow_empty=True).to(rewards.dtype)
-    if bool(((s != 0) & (m == 0)).any()):
+    check_float(rewards, "rewards", 2)
+    m = check_mask(mask, "mask", rewards.shape, allow_empty=True) != 0
+    s = m if step_mask is None else check_mask(step_mask, "step_mask", rewards.shape, allow_empty=True) != 0
+    if bool((s & ~m).any()):
         raise ValueError("step_mask must be 0 wherever mask is 0 (a step ends on a trained token)")
-    if bool((rewards * (1 - s) != 0).any()):
+    check_finite(rewards, "rewards", mask=m)
+    if bool((select(rewards, m & ~s) != 0).any()):
         raise ValueError("rewards must be 0 where step_mask is 0 (a step reward sits on the step's last token)")
     B, T = rewards.shape
     G = _check_group_options(group_size, B, scale, unbiased, eps)
-    r = rewards.reshape(-1, G * T)  # one row per group: all its step rewards
-    w = s.reshape(-1, G * T)
+    w = s.reshape(-1, G * T)  # one row per group: all its step rewards
+    r = select(rewards, s).to(torch.float64).reshape(-1, G * T)
     n = w.sum(1, keepdim=True)
-    mean = (r * w).sum(1, keepdim=True) / n.clamp_min(1.0)
-    dev = (r - mean) * w
-    big = torch.finfo(r.dtype).max
-    lo = torch.where(w > 0, r, torch.full_like(r, big)).amin(1, keepdim=True)
-    hi = torch.where(w > 0, r, torch.full_like(r, -big)).amax(1, keepdim=True)
-    constant = (n < 2) | (lo == hi)  # (n_groups, 1): no signal in this group
+    constant = (n < 2) | _spread_is_round_off(r.detach(), w, rewards.dtype, dim=1)  # (n_groups, 1): no signal
+    dev = _centre(r, w, n.clamp_min(1), dim=1)
     if scale == "std":
-        var = (dev * dev).sum(1, keepdim=True) / (n - (1.0 if unbiased else 0.0)).clamp_min(1.0)
+        var = (dev * dev).sum(1, keepdim=True) / (n - (1 if unbiased else 0)).clamp_min(1)
         dev = dev / torch.where(constant, torch.ones_like(var), var.sqrt() + eps)
     normed = torch.where(constant, torch.zeros_like(dev), dev).reshape(B, T)
     to_go = normed.flip(-1).cumsum(-1).flip(-1)  # sum over steps ending at or after t
-    return to_go * m
+    return select(to_go, m).to(rewards.dtype)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_tensor
-from .masks import _check_seq_mask
+from .._checks import check_float
+from .._tensor import select
+from .masks import _check_like, _check_number, _check_seq_mask
 from .returns import terminal_to_steps
 
 __all__ = ["kl_shaped_rewards"]
@@ -29,21 +30,23 @@ def kl_shaped_rewards(
     per-step rewards; logp ``(B, T)`` of the sampling policy and ref_logp ``(B, T)``; the per-token
     estimate :math:`k_t` is :func:`policygrad.trajectory_side.kl_estimate` of ``kind`` (k1 in Ziegler et al.
     2019 and InstructGPT). Everything is treated as a constant (no gradient flows through a reward).
+    All are floats, finite on real tokens; padded positions are selected away before any arithmetic.
     Returns ``(B, T)``, 0 on padding. Derived in {ref}`sec-rlhf-kl-gradients` and {ref}`sec-rlhf-ppo`.
     """
     from ..trajectory_side.kl import kl_estimate  # the estimator is shared with the loss-term form
 
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
-        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
-    check_tensor(logp, "logp", 2)
-    m = _check_seq_mask(mask, logp.shape[0])
-    if m.shape != logp.shape:
-        raise ValueError(f"mask must have the shape of logp {tuple(logp.shape)}, got {tuple(m.shape)}")
-    check_tensor(rewards, "rewards", (1, 2))
-    steps = terminal_to_steps(rewards, m) if rewards.dim() == 1 else rewards
-    if steps.shape != logp.shape:
-        raise ValueError(f"per-step rewards must have shape {tuple(logp.shape)}, got {tuple(steps.shape)}")
-    check_finite(steps, "rewards")
-    m = m.to(logp.dtype)
-    k = kl_estimate(logp.detach() * m, ref_logp.detach() * m, kind).detach()
-    return (steps.detach().to(logp.dtype) - beta * k) * m
+    beta = _check_number(beta, "beta")
+    check_float(logp, "logp", 2)
+    sel = _check_seq_mask(mask, logp.shape[0])
+    if sel.shape != logp.shape:
+        raise ValueError(f"mask must have the shape of logp {tuple(logp.shape)}, got {tuple(sel.shape)}")
+    _check_like(logp, "logp", logp.shape, sel, ref="logp")
+    _check_like(ref_logp, "ref_logp", logp.shape, sel, ref="logp")
+    check_float(rewards, "rewards", (1, 2))
+    if rewards.dim() == 1:
+        steps = terminal_to_steps(rewards, sel)  # validates rewards (B,) on the rows that have a real token
+    else:
+        _check_like(rewards, "rewards", logp.shape, sel, ref="logp")
+        steps = rewards
+    k = kl_estimate(select(logp.detach(), sel), select(ref_logp.detach(), sel), kind).detach()
+    return select(select(steps.detach(), sel).to(logp.dtype) - beta * k, sel)

@@ -1,37 +1,44 @@
 """TD residuals, n-step returns and generalised advantage estimation (GAE) over padded batches.
 
-Derived in {ref}`sec-gae-td` and {ref}`sec-gae-derivation`.
+rewards, values and mask are ``(B, T)`` (exactly that shape: nothing is broadcast), rewards and values
+floating point and finite on real tokens; padded positions are selected away before any arithmetic, so what
+sits there never reaches a result or a gradient. Derived in {ref}`sec-gae-td` and {ref}`sec-gae-derivation`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._checks import check_finite, check_positive_int, check_tensor, check_unit_interval
-from .masks import _check_rewards_mask
+from .._checks import check_finite, check_float, check_positive_int, check_unit_interval
+from .._tensor import select
+from .masks import _check_like, _check_rewards_mask
 
 __all__ = ["td_residuals", "n_step_returns", "gae"]
 
 
-def _next_values(values: torch.Tensor, m: torch.Tensor, last_value: torch.Tensor | None) -> torch.Tensor:
-    """V(s_{t+1}) with 0 after the end of each sequence (or ``last_value`` to bootstrap a truncation)."""
-    nxt = torch.cat([values[:, 1:] * m[:, 1:], torch.zeros_like(values[:, :1])], 1)
+def _next_values(v: torch.Tensor, sel: torch.Tensor, last_value: torch.Tensor | None) -> torch.Tensor:
+    """V(s_{t+1}) with 0 after the end of each sequence (or ``last_value`` to bootstrap a truncation).
+
+    ``v`` is already selected (0 on padding); ``sel`` is the boolean mask.
+    """
+    nxt = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
     if last_value is not None:
-        check_tensor(last_value, "last_value", 1)
-        check_finite(last_value, "last_value")
-        if last_value.shape[0] != values.shape[0]:
-            raise ValueError(f"last_value must have shape ({values.shape[0]},), got {tuple(last_value.shape)}")
+        check_float(last_value, "last_value", 1)
+        if last_value.shape[0] != v.shape[0]:
+            raise ValueError(f"last_value must have shape ({v.shape[0]},), got {tuple(last_value.shape)}")
+        check_finite(last_value, "last_value", mask=sel.any(1))
         # the last real token of each row bootstraps from last_value
-        is_last = (m > 0) & (torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1) == 0)
-        nxt = torch.where(is_last, last_value.unsqueeze(1).to(values.dtype), nxt)
+        is_last = sel & ~torch.cat([sel[:, 1:], torch.zeros_like(sel[:, :1])], 1)
+        lv = select(last_value, sel.any(1)).to(v.dtype)
+        nxt = torch.where(is_last, lv.unsqueeze(1), nxt)
     return nxt
 
 
-def _check_values(values: torch.Tensor, rewards: torch.Tensor) -> None:
-    check_tensor(values, "values", 2)
-    if values.shape != rewards.shape:
-        raise ValueError(f"values must have the shape of rewards {tuple(rewards.shape)}, got {tuple(values.shape)}")
-    check_finite(values, "values")
+def _checked(rewards, values, mask):
+    """Validate rewards, values and mask; return them with padding selected away, and the boolean mask."""
+    sel = _check_rewards_mask(rewards, mask)
+    _check_like(values, "values", rewards.shape, sel)
+    return select(rewards, sel), select(values, sel), sel
 
 
 def td_residuals(
@@ -47,10 +54,9 @@ def td_residuals(
     next state is terminal (value 0) unless ``last_value (B,)`` bootstraps a truncated sequence.
     Returns ``(B, T)``. Derived in {ref}`sec-gae-td`.
     """
-    m = _check_rewards_mask(rewards, mask)
-    _check_values(values, rewards)
+    r, v, sel = _checked(rewards, values, mask)
     gamma = check_unit_interval(gamma, "gamma")
-    return (rewards + gamma * _next_values(values, m, last_value) - values) * m
+    return select(r + gamma * _next_values(v, sel, last_value) - v, sel)
 
 
 def n_step_returns(
@@ -65,23 +71,20 @@ def n_step_returns(
     Shapes ``(B, T)``; steps past the end of a sequence contribute nothing (terminal value 0).
     Derived in {ref}`sec-gae-td`.
     """
-    m = _check_rewards_mask(rewards, mask)
-    _check_values(values, rewards)
+    r, v, sel = _checked(rewards, values, mask)
     n = check_positive_int(n, "n")
     gamma = check_unit_interval(gamma, "gamma")
-    B, T = rewards.shape
-    r = rewards * m
-    v = values * m
-    out = torch.zeros_like(r)
+    B, T = r.shape
+    out = []
     for t in range(T):
-        acc = torch.zeros(B, dtype=r.dtype)
+        acc = r.new_zeros(B)
         for k in range(n):
             if t + k < T:
                 acc = acc + gamma**k * r[:, t + k]
         if t + n < T:
             acc = acc + gamma**n * v[:, t + n]
-        out[:, t] = acc
-    return out * m
+        out.append(acc)
+    return select(torch.stack(out, 1), sel)
 
 
 def gae(
@@ -92,19 +95,20 @@ def gae(
     lam: float = 0.95,
     last_value: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Generalised advantage estimation :math:`\\hat A_t = \\sum_{k\\ge0} (\\gamma\\lambda)^k \\delta_{t+k}` (eq. {eq}`eq-gae`).
+    """Generalised advantage estimation
+    :math:`\\hat A_t = \\sum_{k\\ge0} (\\gamma\\lambda)^k \\delta_{t+k}` (eq. {eq}`eq-gae`).
 
     ``lam=0`` gives the TD residual; ``lam=1`` gives :math:`G_t - V(s_t)`. Shapes ``(B, T)``; computed
     by the backward recursion :math:`\\hat A_t = \\delta_t + \\gamma\\lambda \\hat A_{t+1}`.
     Derived in {ref}`sec-gae-derivation`.
     """
     lam = check_unit_interval(lam, "lam")
-    delta = td_residuals(rewards, values, mask, gamma, last_value)
-    m = mask.to(delta.dtype)
-    out = torch.zeros_like(delta)
+    delta = td_residuals(rewards, values, mask, gamma, last_value)  # validates everything; 0 on padding
+    sel = mask != 0
+    follows = torch.cat([sel[:, 1:], torch.zeros_like(sel[:, :1])], 1)  # the next token is real
     running = torch.zeros_like(delta[:, 0])
+    out = []
     for t in range(delta.shape[1] - 1, -1, -1):
-        nxt_m = m[:, t + 1] if t + 1 < delta.shape[1] else torch.zeros_like(running)
-        running = delta[:, t] + gamma * lam * nxt_m * running
-        out[:, t] = running
-    return out * m
+        running = delta[:, t] + gamma * lam * select(running, follows[:, t])
+        out.append(running)
+    return select(torch.stack(out[::-1], 1), sel)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int
-from .._tensor import select
+from .._tensor import compute_dtype, select
 from .masks import check_per_token
 
 __all__ = ["AGGREGATIONS", "aggregation_weights", "aggregate"]
@@ -67,12 +67,13 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
     Edge cases, all defined and never NaN: positions where the mask is 0 are selected away (a NaN there
     changes nothing); a row with an empty mask contributes 0 to the sequence modes and still counts in
     :math:`B` (verl 0.9 instead divides by the number of non-empty rows); an entirely empty mask gives 0
-    with a zero gradient. Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
+    with a zero gradient. The sum is taken in at least float32 (half-precision inputs are promoted).
+    Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
     """
     m = check_per_token(per_token, mask, "per_token")
     _check_mode(mode)
     B, T = per_token.shape
-    masked = select(per_token, m)
+    masked = select(per_token.to(compute_dtype(per_token)), m)  # half precision is summed in float32
     mf = m.to(per_token.dtype)
     if mode == "token-mean":
         return masked.sum() / mf.sum().clamp_min(1.0)
