@@ -126,7 +126,8 @@ def group_advantages(
     constant = _spread_is_round_off(g.detach(), every, rewards.dtype, dim=1)  # (n_groups, 1): no signal
     adv = _centre(g, every, G, dim=1)
     if scale == "std":
-        std = ((adv * adv).sum(1, keepdim=True) / (G - 1 if unbiased else G)).sqrt()
+        var = (adv * adv).sum(1, keepdim=True) / (G - 1 if unbiased else G)
+        std = torch.where(constant, torch.ones_like(var), var).sqrt()  # no sqrt(0): its gradient is inf
         adv = adv / torch.where(constant, torch.ones_like(std), std + eps)
     return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1).to(rewards.dtype)
 
@@ -172,7 +173,7 @@ def group_step_advantages(
     dev = _centre(r, w, n.clamp_min(1), dim=1)
     if scale == "std":
         var = (dev * dev).sum(1, keepdim=True) / (n - (1 if unbiased else 0)).clamp_min(1)
-        dev = dev / torch.where(constant, torch.ones_like(var), var.sqrt() + eps)
+        dev = dev / (torch.where(constant, torch.ones_like(var), var).sqrt() + eps)  # no sqrt(0) (inf gradient)
     normed = torch.where(constant, torch.zeros_like(dev), dev).reshape(B, T)
     to_go = normed.flip(-1).cumsum(-1).flip(-1)  # sum over steps ending at or after t
     return select(to_go, m).to(rewards.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_float, check_tensor
 
 __all__ = ["token_log_probs", "token_entropy", "sequence_log_probs"]
 
@@ -17,10 +17,14 @@ __all__ = ["token_log_probs", "token_entropy", "sequence_log_probs"]
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-token log-probabilities :math:`\\log \\pi(y_t \\mid x, y_{<t})`.
 
-    logits: ``(B, T, V)``; tokens: ``(B, T)`` integer ids. Returns ``(B, T)``.
+    logits: ``(B, T, V)`` floats; tokens: ``(B, T)`` integer ids. Returns ``(B, T)``. Non-finite logits are
+    not refused here (a padded position may hold anything): they give non-finite log-probs, which every
+    loss refuses on trained tokens, naming ``logp``, and :func:`policygrad.train.train` reports as divergence.
     """
-    check_tensor(logits, "logits", 3)
+    check_float(logits, "logits", 3)
     check_tensor(tokens, "tokens", 2)
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor of token ids, got dtype {tokens.dtype}")
     if logits.shape[:2] != tokens.shape:
         raise ValueError(
             f"logits (B, T, V) and tokens (B, T) disagree: {tuple(logits.shape)} vs {tuple(tokens.shape)}"
@@ -33,7 +37,7 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each next-token distribution, :math:`-\\sum_v \\pi_v \\log \\pi_v`. ``(B, T, V) -> (B, T)``."""
-    check_tensor(logits, "logits", 3)
+    check_float(logits, "logits", 3)
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 

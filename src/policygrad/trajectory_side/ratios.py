@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_finite, check_float
 from .._tensor import compute_dtype, select
 from .masks import check_constant, check_per_token
 
@@ -24,7 +25,12 @@ LOG_RATIO_CLAMP = 20.0
 
 
 def safe_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
-    """:math:`\\exp(\\mathrm{clamp}(\\log r, -20, 20))`: finite for every finite input, 0 gradient outside the clamp."""
+    """:math:`\\exp(\\mathrm{clamp}(\\log r, -20, 20))`: finite for every finite input, 0 gradient outside the clamp.
+
+    ``log_ratio`` must be a finite float tensor (select padded positions away first, as the losses do).
+    """
+    check_float(log_ratio, "log_ratio")
+    check_finite(log_ratio, "log_ratio")
     return torch.exp(torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
