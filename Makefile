@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
-## test: unit tests + re-execution of every notebook (nbval: strict on the reference numeric path)
+## test: unit tests + re-execution of every notebook (nbval: strict on the reference numeric path),
+## one pytest worker per CPU core (whole files per worker: a notebook's cells share one kernel)
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 ## book: execute every notebook, validate the book offline, then render the HTML site
 book: execute check html
