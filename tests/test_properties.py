@@ -429,7 +429,7 @@ def test_loss_is_the_weighted_sum_of_its_token_losses(aggregation, b):
         assert torch.equal(tl.values[pad], torch.zeros_like(tl.values[pad])), name
         terms = tl.values.double() * tl.weights.double()
         tol = 8 * _eps(loss.dtype) * (terms.numel() + 2) * float(terms.detach().abs().sum()) + 1e-300
-        assert abs(float(loss) - float(terms.sum())) <= tol, (name, float(loss), float(terms.sum()), tol)
+        assert abs(float(loss.detach()) - float(terms.detach().sum())) <= tol, (name, float(loss.detach()), float(terms.detach().sum()), tol)
 
 
 @SOME
