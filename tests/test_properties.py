@@ -41,7 +41,7 @@ from functools import partial
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from policygrad.reward_side import (
@@ -357,8 +357,19 @@ def _gone(lr: torch.Tensor, adv: torch.Tensor, opts: dict) -> torch.Tensor:
     return ((A > 0) & (r > (1 + hi) * (1 + 1e-4))) | ((A < 0) & (r < (1 - lo) * (1 - 1e-4)))
 
 
-@SOME
+# every regime at least once: A > 0 and A < 0, each inside the clip range, just outside it (1 +- 0.25 .. 0.5),
+# far outside (+-12) and beyond the log-ratio clamp (+-1e4)
+_LR = [0.1, 0.25, 0.4, 12.0, 1e4, -0.1, -0.3, -0.5, -12.0, -1e4]
+_CLIP_EXAMPLE = (
+    torch.tensor([_LR, _LR]), torch.tensor([0.3, -0.4]), torch.tensor([[1.0] * 10, [-1.0] * 10]),
+    torch.ones(2, 10), CLIP_OPTS[0], "token-mean",
+)
+
+
+@settings(SOME, max_examples=60)
 @given(case=clip_cases())
+@example(case=_CLIP_EXAMPLE)
+@example(case=(*_CLIP_EXAMPLE[:4], CLIP_OPTS[3], "seq-mean-token-sum"))
 def test_where_the_clip_removes_the_gradient_it_is_exactly_zero(case):
     lr, lr_seq, adv, mask, opts, agg = case
     trained = mask != 0
@@ -429,7 +440,8 @@ def test_loss_is_the_weighted_sum_of_its_token_losses(aggregation, b):
         assert torch.equal(tl.values[pad], torch.zeros_like(tl.values[pad])), name
         terms = tl.values.double() * tl.weights.double()
         tol = 8 * _eps(loss.dtype) * (terms.numel() + 2) * float(terms.detach().abs().sum()) + 1e-300
-        assert abs(float(loss.detach()) - float(terms.detach().sum())) <= tol, (name, float(loss.detach()), float(terms.detach().sum()), tol)
+        got, want = float(loss.detach()), float(terms.detach().sum())
+        assert abs(got - want) <= tol, (name, got, want, tol)
 
 
 @SOME
