@@ -14,8 +14,9 @@ import torch
 
 from .._checks import check_finite, check_float, check_mask, check_tensor
 
-#: A group whose values spread (max - min) by at most this many machine epsilons of the input dtype (float32's for
-#: half precision), relative to max(1, max|x|), is constant: its advantages are exactly 0 (see :func:`_constant_groups`).
+#: A group whose values spread (max - min) by at most this many machine epsilons of the input dtype (float32's
+#: for half precision), relative to max(1, max|x|), is constant: its advantages are exactly 0
+#: (see :func:`_constant_groups`).
 CONSTANT_ULPS = 16
 
 
