@@ -1,5 +1,6 @@
 # Thin wrappers around the commands the README documents. No logic is hidden here.
-# `make test` and `make book` each install everything first (into .venv), so they work on a fresh clone.
+# `make test` and `make book` each install everything first (into .venv), so they work on a fresh clone;
+# that includes the `parity` extra (TRL and verl, the oracles of tests/parity).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,parity]"
 	touch $@
 
 ## test: unit tests + re-execution of every notebook (nbval: strict on the reference numeric path),
