@@ -20,6 +20,7 @@ from policygrad.methods import (
     METHODS,
     SIDES,
     Method,
+    Recipe,
     batch_loo_advantages,
     get_method,
     method_names,
@@ -128,7 +129,8 @@ def test_method_accepts_both_sides():
 
 
 def test_methods_table_has_one_row_per_method(registry):
-    register(_method(changes=("reward", "trajectory"), paper="williams1992", trl="RLOOTrainer", verl=None))
+    trl = Recipe("trl", "trl.RLOOTrainer", {"num_generations": 4})
+    register(_method(changes=("reward", "trajectory"), paper="williams1992", trl=trl, verl=None))
     rows = methods_table()
     assert [r["method"] for r in rows] == method_names()
     for r in rows:
@@ -140,11 +142,12 @@ def test_methods_table_has_one_row_per_method(registry):
         "changes": "—",
         "paper": "williams1992",
         "trl": "—",
-        "verl": "—",
+        "verl": "adv_estimator=rloo",
     }
     assert by["reinforce_baseline"]["changes"] == "reward"
     assert by["test_dummy"]["changes"] == "reward, trajectory"
     assert by["test_dummy"]["trl"] == "RLOOTrainer" and by["test_dummy"]["verl"] == "—"
+    assert by["grpo"]["trl"] == "GRPOTrainer (loss_type=grpo)" and by["grpo"]["verl"] == "adv_estimator=grpo"
 
 
 def _bib_keys() -> set[str]:

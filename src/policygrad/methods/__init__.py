@@ -2,18 +2,32 @@
 
 :mod:`.base` holds the :class:`Method` type and the registry (:func:`get_method`); each family has its
 own module (:mod:`.reinforce`, :mod:`.ppo`, :mod:`.rlhf`, :mod:`.group_relative` for GRPO);
-importing this package registers them in that order.
+importing this package registers them in that order. :mod:`.recipes` and :mod:`.frameworks` say how
+each runs in TRL and verl (:func:`to_trl`, :func:`to_verl`, :func:`frameworks_table`).
 """
 
 from __future__ import annotations
 
 # the order of these imports is the registration order
 # isort: off
-from . import base, reinforce, ppo, rlhf, group_relative
+from . import recipes, base, reinforce, ppo, rlhf, group_relative, frameworks
 # isort: on
-from .base import METHODS, SIDES, AdvantageFn, LossFn, Method, get_method, method_names, methods_table, register
-from .group_relative import grpo, grpo_advantages, grpo_loss
+from .base import (
+    METHODS,
+    SIDES,
+    AdvantageFn,
+    LossFn,
+    Method,
+    framework_name,
+    get_method,
+    method_names,
+    methods_table,
+    register,
+)
+from .frameworks import framework_details, frameworks_table, hydra_value, recipe, to_trl, to_verl
+from .group_relative import grpo, grpo_advantages, grpo_loss, grpo_trl, grpo_verl
 from .ppo import ppo_kl_loss, ppo_loss
+from .recipes import FRAMEWORKS, TRL_VERSION, VERL_VERSION, Recipe, Unsupported
 from .reinforce import batch_loo_advantages, reinforce_advantages, reinforce_loss
 from .rlhf import rlhf_advantages, rlhf_gae, rlhf_ppo, rlhf_value_targets
 
@@ -23,6 +37,8 @@ __all__ = [
     "ppo",
     "rlhf",
     "group_relative",
+    "recipes",
+    "frameworks",
     "SIDES",
     "AdvantageFn",
     "LossFn",
@@ -44,4 +60,18 @@ __all__ = [
     "grpo_advantages",
     "grpo_loss",
     "grpo",
+    "grpo_trl",
+    "grpo_verl",
+    "framework_name",
+    "FRAMEWORKS",
+    "TRL_VERSION",
+    "VERL_VERSION",
+    "Recipe",
+    "Unsupported",
+    "recipe",
+    "to_trl",
+    "to_verl",
+    "hydra_value",
+    "frameworks_table",
+    "framework_details",
 ]

@@ -16,8 +16,20 @@ import torch
 
 from .._checks import check_positive_int
 from ..rollout import RolloutBatch
+from .recipes import Recipe, Unsupported
 
-__all__ = ["SIDES", "AdvantageFn", "LossFn", "Method", "METHODS", "register", "get_method", "method_names", "methods_table"]
+__all__ = [
+    "SIDES",
+    "AdvantageFn",
+    "LossFn",
+    "Method",
+    "METHODS",
+    "register",
+    "get_method",
+    "method_names",
+    "methods_table",
+    "framework_name",
+]
 
 
 #: The two factors a method can change.
@@ -43,8 +55,10 @@ class Method:
     needs_reference: whether the loss reads ``batch.ref_log_probs``; changes: the side(s) it changes
     relative to plain REINFORCE (a subset of :data:`SIDES`; empty for REINFORCE itself); paper: a
     ``references.bib`` key; why: the problem the change addresses; unsolved: what it leaves open;
-    trl, verl: the closest names in those frameworks (None where there is none); section: the label of
-    the book section that derives it.
+    trl, verl: how the method runs in that framework — a :class:`~policygrad.methods.recipes.Recipe`
+    (trainer and settings) or an :class:`~policygrad.methods.recipes.Unsupported` (why it cannot), None
+    only for ad-hoc methods (every registered one has both; see :func:`policygrad.methods.to_trl`);
+    section: the label of the book section that derives it.
 
     Methods with a critic (a learned value model) also give value_targets (the batch -> the critic's
     regression targets ``(B, T)``) and value_loss (``(values (B, T) with gradient, batch, targets)`` -> the
@@ -64,8 +78,8 @@ class Method:
     paper: str = ""
     why: str = ""
     unsolved: str = ""
-    trl: str | None = None
-    verl: str | None = None
+    trl: Recipe | Unsupported | None = None
+    verl: Recipe | Unsupported | None = None
     section: str = ""
     value_targets: AdvantageFn | None = None
     value_loss: Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None = None
@@ -91,6 +105,10 @@ class Method:
         for attr in ("value_targets", "value_loss"):
             if getattr(self, attr) is not None and not callable(getattr(self, attr)):
                 raise ValueError(f"{attr} must be a callable or None")
+        for attr in ("trl", "verl"):
+            entry = getattr(self, attr)
+            if entry is not None and (not isinstance(entry, (Recipe, Unsupported)) or entry.framework != attr):
+                raise ValueError(f"{attr} must be a Recipe or Unsupported for framework {attr!r} (or None), got {entry!r}")
 
 
 #: The registry: name -> :class:`Method`.
@@ -121,6 +139,17 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def framework_name(entry: Recipe | Unsupported | None) -> str:
+    """A short name for a method's entry in one framework: the trainer and its key setting, or "—"."""
+    if not isinstance(entry, Recipe):
+        return "—"
+    key = {"trl": "loss_type", "verl": "algorithm.adv_estimator"}[entry.framework]
+    name = entry.trainer.rsplit(".", 1)[-1] if entry.framework == "trl" else ""
+    value = entry.settings.get(key)
+    setting = f"{key.rsplit('.', 1)[-1]}={value}" if value is not None else ""
+    return f"{name} ({setting})" if name and setting else (name or setting or entry.trainer)
+
+
 def methods_table() -> list[dict]:
     """One row per registered method (name, title, sides changed, paper, TRL and verl names), for tables."""
     return [
@@ -129,8 +158,8 @@ def methods_table() -> list[dict]:
             "title": m.title,
             "changes": ", ".join(m.changes) or "—",
             "paper": m.paper,
-            "trl": m.trl or "—",
-            "verl": m.verl or "—",
+            "trl": framework_name(m.trl),
+            "verl": framework_name(m.verl),
         }
         for m in METHODS.values()
     ]

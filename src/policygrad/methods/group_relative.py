@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 
@@ -15,8 +16,20 @@ from ..trajectory_side.aggregation import AGGREGATIONS
 from ..trajectory_side.kl import KL_ESTIMATORS, kl_loss
 from ..trajectory_side.ppo import ppo_clip_loss
 from .base import Method, register
+from .recipes import VERL_KL_NAMES, Recipe, Unsupported
 
-__all__ = ["grpo_advantages", "grpo_loss", "grpo"]
+__all__ = ["grpo_advantages", "grpo_loss", "grpo", "grpo_trl", "grpo_verl"]
+
+#: The package's aggregation -> TRL 1.16's ``loss_type`` with the same normaliser (one optimiser step per
+#: generated batch, no gradient accumulation). ``"token-sum"`` has no TRL equivalent.
+TRL_LOSS_TYPES = {
+    "seq-mean-token-mean": "grpo",
+    "token-mean": "dapo",
+    "seq-mean-token-sum-norm": "dr_grpo",
+    "seq-mean-token-sum": "luspo",
+}
+
+_P = "tests/parity/"
 
 
 def grpo_advantages(
@@ -30,7 +43,7 @@ def grpo_advantages(
     rewards from it on (:func:`policygrad.reward_side.group_step_advantages`, every trained token a step; a
     nonzero reward on a token outside the loss mask is a ValueError, not silently dropped).
     ``scale=None`` drops the division (Dr.GRPO); ``unbiased`` picks the :math:`1/(G-1)` standard deviation
-    (``torch.std``, as TRL and verl). Needs ``G >= 2``. Derived in {ref}`sec-grpo-objective`.
+    (Bessel-corrected, as TRL's ``nanstd`` and verl's ``torch.std``). Needs ``G >= 2``. Derived in {ref}`sec-grpo-objective`.
     """
     G = batch.group_size
     opts = {"scale": scale, "unbiased": unbiased, "eps": eps}
@@ -77,6 +90,126 @@ def grpo_loss(
     return loss, stats
 
 
+def _num(x: float) -> str:
+    """``1e-06`` -> ``1e-6``: a number as the recipes' texts write it."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{x:g}")
+
+
+def grpo_trl(
+    *,
+    group_size: int,
+    beta: float,
+    eps: float,
+    scale: str | None,
+    unbiased: bool,
+    adv_eps: float,
+    kl_kind: str,
+    aggregation: str,
+    inner_epochs: int,
+    minibatches: int,
+) -> Recipe | Unsupported:
+    """The ``GRPOConfig`` settings (TRL 1.16) that run :func:`grpo` with these options, or why none do."""
+    if aggregation not in TRL_LOSS_TYPES:
+        return Unsupported("trl", f"no loss_type of GRPOTrainer aggregates by {aggregation!r}")
+    if beta > 0 and kl_kind != "k3":
+        return Unsupported("trl", f"GRPOTrainer's KL term is the k3 estimator only (this method uses {kl_kind})")
+    settings = {
+        "num_generations": group_size,
+        "loss_type": TRL_LOSS_TYPES[aggregation],
+        "scale_rewards": "group" if scale == "std" else "none",
+        "beta": float(beta),
+        "epsilon": float(eps),
+        "epsilon_high": float(eps),
+        "num_iterations": inner_epochs,
+        "steps_per_generation": minibatches,
+        "gradient_accumulation_steps": 1,
+        "importance_sampling_level": "token",
+        "use_bias_correction_kl": False,
+        "temperature": 1.0,
+        "mask_truncated_completions": False,
+    }
+    differences = []
+    if scale == "std" and adv_eps != 1e-4:
+        differences.append(f"TRL adds 1e-4 to the group std (fixed); this method adds {_num(adv_eps)}")
+    if scale == "std" and not unbiased:
+        differences.append("TRL's group std is Bessel-corrected (1/(G-1)); this method uses 1/G")
+    if aggregation == "token-mean" and minibatches > 1:
+        differences.append(
+            "with steps_per_generation > 1, dapo divides each step by the generated batch's token count over "
+            "steps_per_generation; the package by the minibatch's own token count"
+        )
+    if aggregation == "seq-mean-token-sum-norm":
+        differences.append("dr_grpo divides by max_completion_length; the package by max_len (default: the padded width)")
+    differences.append("the package clamps log-ratios (and k3's argument) to +/-20 before exp; TRL does not")
+    pitfalls = (
+        "GRPOConfig's defaults are not DeepSeekMath's GRPO: beta=0.0 and loss_type='dapo'",
+        "use_bias_correction_kl defaults to True: TRL then multiplies the k3 term by the token ratio, which "
+        "leaves the loss's value at ratio 1 but changes the KL gradient whenever beta > 0",
+        "per_device_train_batch_size counts completions, not prompts (prompts = it / num_generations)",
+        "steps_per_generation > 1 splits one generated batch over several optimiser steps (minibatches)",
+    )
+    parity = (
+        _P + "test_trl.py::test_grpo_loss_matches_trl",
+        _P + "test_trl.py::test_group_advantages_match_trl",
+        _P + "test_trl.py::test_to_trl_builds_a_grpo_config",
+    )
+    return Recipe("trl", "trl.GRPOTrainer", settings, tuple(differences), pitfalls, parity)
+
+
+def grpo_verl(
+    *,
+    group_size: int,
+    beta: float,
+    eps: float,
+    scale: str | None,
+    unbiased: bool,
+    adv_eps: float,
+    kl_kind: str,
+    aggregation: str,
+    inner_epochs: int,
+    minibatches: int,
+) -> Recipe | Unsupported:
+    """The verl 0.9 Hydra overrides that run :func:`grpo` with these options, or why none do."""
+    actor = "actor_rollout_ref.actor."
+    settings = {
+        "algorithm.adv_estimator": "grpo",
+        "algorithm.norm_adv_by_std_in_grpo": scale == "std",
+        "algorithm.use_kl_in_reward": False,
+        "actor_rollout_ref.rollout.n": group_size,
+        actor + "policy_loss.loss_mode": "vanilla",
+        actor + "loss_agg_mode": aggregation,
+        actor + "clip_ratio_low": float(eps),
+        actor + "clip_ratio_high": float(eps),
+        actor + "use_kl_loss": beta > 0,
+        actor + "kl_loss_coef": float(beta),
+        actor + "kl_loss_type": VERL_KL_NAMES[kl_kind],
+        actor + "ppo_epochs": inner_epochs,
+    }
+    differences = []
+    if scale == "std" and adv_eps != 1e-6:
+        differences.append(f"verl adds 1e-6 to the group std; this method adds {_num(adv_eps)}")
+    if scale == "std" and not unbiased:
+        differences.append("verl's group std is Bessel-corrected (torch.std); this method uses 1/G")
+    differences.append(
+        "verl's dual-clip is always on (clip_ratio_c=3.0): a token with A<0 and ratio>3 has its loss capped; "
+        "it cannot bind in the first epoch (ratio 1)"
+    )
+    if aggregation == "seq-mean-token-mean":
+        differences.append("verl divides each row's sum by |o_i| + 1e-8 (a relative 1e-8)")
+    if beta > 0 and kl_kind in ("k3", "k3+"):
+        differences.append("verl clamps the k3 value to [-10, 10]; the package does not")
+    pitfalls = (
+        "verl's default loss_agg_mode is token-mean, not GRPO's seq-mean-token-mean",
+        "clip_ratio alone changes nothing: clip_ratio_low and clip_ratio_high default to 0.2, not null",
+        "kl_loss_coef defaults to 0.001 and use_kl_loss to false; GRPO's KL lives in the actor loss, "
+        "not in the reward (algorithm.use_kl_in_reward=False)",
+        f"ppo_mini_batch_size counts prompts (verl multiplies it by rollout.n); {minibatches} minibatch(es) "
+        f"means ppo_mini_batch_size = data.train_batch_size / {minibatches}",
+    )
+    parity = (_P + "test_verl_recipes.py::test_to_verl_settings_reproduce_the_method_in_verl",)
+    return Recipe("verl", "python -m verl.trainer.main_ppo", settings, tuple(differences), pitfalls, parity)
+
+
 def grpo(
     name: str = "grpo",
     *,
@@ -114,6 +247,15 @@ def grpo(
         raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
     adv_opts = {"scale": scale, "unbiased": unbiased, "eps": adv_eps}
     loss_opts = {"eps": eps, "beta": beta, "kl_kind": kl_kind, "aggregation": aggregation}
+    options = dict(
+        group_size=group_size,
+        scale=scale,
+        unbiased=unbiased,
+        adv_eps=adv_eps,
+        inner_epochs=inner_epochs,
+        minibatches=minibatches,
+        **loss_opts,
+    )
     return Method(
         name=name,
         title=f"GRPO (group size {group_size}, beta = {beta:g})",
@@ -130,8 +272,8 @@ def grpo(
         unsolved="a group whose rewards are all equal gives no gradient; the std divides prompts by their "
         "difficulty and 1/|o_i| weighs tokens by their sequence's length, so the expected update is not the "
         "gradient of J (difficulty and length bias); the mean includes the sample itself",
-        trl="GRPOTrainer (loss_type='grpo', scale_rewards='group', beta)",
-        verl="adv_estimator=grpo, loss_agg_mode=seq-mean-token-mean, use_kl_loss=True (low_var_kl)",
+        trl=grpo_trl(**options),
+        verl=grpo_verl(**options),
         section="sec-grpo-objective",
         extra={"scale": scale, "unbiased": unbiased, "adv_eps": adv_eps, **loss_opts},
     )

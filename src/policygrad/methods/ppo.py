@@ -8,6 +8,7 @@ import torch
 from ..rollout import RolloutBatch
 from ..trajectory_side.ppo import ppo_clip_loss, ppo_kl_penalty_loss
 from .base import Method, register
+from .recipes import Unsupported
 from .reinforce import batch_loo_advantages
 
 __all__ = ["ppo_loss", "ppo_kl_loss"]
@@ -42,8 +43,18 @@ register(
         "and the clip removes the incentive to move a token's ratio beyond 1 +/- epsilon",
         unsolved="the clip bounds each token's ratio, not the distance between policies; advantages here are still "
         "a batch-average baseline (no critic, no per-prompt baseline)",
-        trl="experimental PPOTrainer (cliprange)",
-        verl="policy_loss=vanilla (clip_ratio)",
+        trl=Unsupported(
+            "trl",
+            "its advantages (a batch leave-one-out baseline that ignores the prompt) are no TRL option: "
+            "GRPOTrainer's baseline is the group mean",
+            "GRPOTrainer with num_iterations > 1 (the same clip, group advantages)",
+        ),
+        verl=Unsupported(
+            "verl",
+            "no adv_estimator uses a leave-one-out baseline over the whole batch (reinforce_plus_plus "
+            "whitens over the batch instead)",
+            "policy_loss.loss_mode=vanilla with ppo_epochs > 1 (the same clip, plus dual-clip)",
+        ),
         section="sec-ppo-clip",
     )
 )
@@ -62,8 +73,12 @@ register(
         why="reuse each batch with importance ratios, and keep the new policy near the sampler with a KL penalty "
         "instead of a clip",
         unsolved="the right penalty strength changes during training (hence the adaptive coefficient)",
-        trl=None,
-        verl=None,
+        trl=Unsupported("trl", "GRPOTrainer has no penalty on the KL to the sampling policy", None),
+        verl=Unsupported(
+            "verl",
+            "no policy loss has PPO's penalty form r*A - beta*KL(pi_old || pi) (its KL loss is to the reference)",
+            "policy_loss.loss_mode=dro (a k2 penalty to pi_old on a -log(pi)*A loss)",
+        ),
         section="sec-ppo-kl-penalty",
     )
 )

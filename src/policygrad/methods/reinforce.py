@@ -10,6 +10,7 @@ from ..reward_side.returns import broadcast_to_tokens
 from ..rollout import RolloutBatch
 from ..trajectory_side.surrogates import policy_gradient_loss
 from .base import Method, register
+from .recipes import Recipe, Unsupported
 
 __all__ = ["reinforce_advantages", "batch_loo_advantages", "reinforce_loss"]
 
@@ -53,6 +54,27 @@ register(
         advantages=reinforce_advantages,
         loss=reinforce_loss,
         paper="williams1992",
+        trl=Unsupported("trl", "every GRPOTrainer loss subtracts the group mean from the reward", None),
+        verl=Recipe(
+            "verl",
+            "python -m verl.trainer.main_ppo",
+            {
+                "algorithm.adv_estimator": "rloo",
+                "algorithm.use_kl_in_reward": False,
+                "actor_rollout_ref.rollout.n": 1,
+                "actor_rollout_ref.actor.policy_loss.loss_mode": "gpg",
+                "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum",
+                "actor_rollout_ref.actor.use_kl_loss": False,
+                "actor_rollout_ref.actor.ppo_epochs": 1,
+            },
+            (),
+            (
+                "it rests on verl's rloo keeping the raw reward of a group of one (rloo_vectorized gives 0)",
+                "policy_loss.loss_mode=gpg is the plain -log(pi)*A loss; vanilla would give the same gradient "
+                "only at ratio 1",
+            ),
+            ("tests/parity/test_verl_recipes.py::test_to_verl_settings_reproduce_the_method_in_verl",),
+        ),
         why="the plain score-function estimator of the gradient of J: unbiased, nothing changed",
         unsolved="high variance: every sample is pushed up in proportion to its raw reward",
         section="sec-reinforce-estimator",
@@ -68,6 +90,13 @@ register(
         loss=reinforce_loss,
         changes=("reward",),
         paper="williams1992",
+        trl=Unsupported("trl", "GRPOTrainer's baseline is per prompt (the group mean), not over the batch", None),
+        verl=Unsupported(
+            "verl",
+            "no adv_estimator uses a leave-one-out baseline over the whole batch regardless of the prompt "
+            "(reinforce_plus_plus whitens over the batch instead)",
+            "algorithm.adv_estimator=rloo (leave-one-out within each prompt's group)",
+        ),
         why="subtracting a baseline that does not depend on the sample keeps the estimate unbiased and cuts its variance",
         unsolved="one baseline for all prompts: an easy prompt's successes and a hard prompt's failures are compared "
         "with the same number",

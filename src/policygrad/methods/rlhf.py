@@ -14,6 +14,7 @@ from ..reward_side.td import gae
 from ..rollout import RolloutBatch
 from .base import Method, register
 from .ppo import ppo_loss
+from .recipes import VERL_KL_NAMES, Recipe, Unsupported
 
 __all__ = ["rlhf_gae", "rlhf_advantages", "rlhf_value_targets", "rlhf_ppo"]
 
@@ -77,6 +78,56 @@ def rlhf_ppo(
     (2019) and Ouyang et al. (2022) as far as they apply to a 0/1 outcome reward.
     """
     gae_options = {"beta": beta, "kl_kind": kl_kind, "gamma": gamma, "lam": lam}
+    if whiten_advantages and value_clip is not None:
+        actor, critic = "actor_rollout_ref.actor.", "critic."
+        verl = Recipe(
+            "verl",
+            "python -m verl.trainer.main_ppo",
+            {
+                "algorithm.adv_estimator": "gae",
+                "algorithm.gamma": float(gamma),
+                "algorithm.lam": float(lam),
+                "algorithm.use_kl_in_reward": beta > 0,
+                "algorithm.kl_penalty": VERL_KL_NAMES[kl_kind],
+                "algorithm.kl_ctrl.type": "fixed",
+                "algorithm.kl_ctrl.kl_coef": float(beta),
+                "actor_rollout_ref.rollout.n": 1,
+                actor + "policy_loss.loss_mode": "vanilla",
+                actor + "loss_agg_mode": "token-mean",
+                actor + "clip_ratio_low": float(eps),
+                actor + "clip_ratio_high": float(eps),
+                actor + "use_kl_loss": False,
+                actor + "ppo_epochs": inner_epochs,
+                critic + "cliprange_value": float(value_clip),
+            },
+            (
+                "verl's dual-clip is always on (clip_ratio_c=3.0): a token with A<0 and ratio>3 has its loss "
+                "capped; the package's PPO clip has no dual clip",
+                "verl's whitening multiplies by (var + 1e-8)^-1/2, the package divides by the std "
+                "(a relative 1e-8/(2 var))",
+            ),
+            (
+                "algorithm.lam defaults to 1.0 and critic.cliprange_value to 0.5 in verl",
+                "the KL in the reward uses the trainer's recomputed log-probs of the sampling policy "
+                "(old_log_probs, not the rollout engine's), as the package does",
+                f"ppo_mini_batch_size = data.train_batch_size / {minibatches} for {minibatches} minibatch(es)",
+            ),
+            (
+                "tests/parity/test_verl_recipes.py::test_to_verl_settings_reproduce_the_method_in_verl",
+                "tests/parity/test_verl_recipes.py::test_to_verl_critic_settings_reproduce_the_value_loss",
+            ),
+        )
+    else:
+        verl = Unsupported(
+            "verl",
+            "verl's GAE always whitens the advantages and its critic loss is always clipped",
+            "algorithm.adv_estimator=gae",
+        )
+    trl = Unsupported(
+        "trl",
+        "TRL 1.16 has no PPO trainer with a critic (its trainers are critic-free: GRPO, RLOO, ...)",
+        None,
+    )
     return Method(
         name=name,
         title=f"PPO with a critic, GAE and the reference KL in the reward (RLHF-style, beta = {beta:g})",
@@ -93,8 +144,8 @@ def rlhf_ppo(
         "and the KL in the reward keeps the policy near the reference; the clip lets each batch be reused",
         unsolved="a second network as large as the policy to train and store; the critic is wrong early in "
         "training, which biases the advantages; with one reward at the end, the critic has little to learn from",
-        trl="experimental PPOTrainer (kl_coef, vf_coef, cliprange_value, gamma, lam, whiten_rewards)",
-        verl="adv_estimator=gae, use_kl_in_reward=True (kl_ctrl.kl_coef), critic",
+        trl=trl,
+        verl=verl,
         section="sec-rlhf-ppo",
         extra=dict(gae_options, whiten_advantages=whiten_advantages, eps=eps, value_clip=value_clip),
     )

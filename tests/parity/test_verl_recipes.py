@@ -1,0 +1,245 @@
+"""A method's verl settings (``to_verl``) through verl's own config, advantage and actor-loss code.
+
+For every registered method that verl can express, the overrides from ``pg.methods.to_verl`` are
+composed with verl's Hydra config (``ppo_trainer.yaml``; an unknown key is an error there), the actor's
+``ActorConfig`` is instantiated from it, and the batch goes through verl's code: the KL-in-reward step
+and the advantage estimator the config names, then ``verl.workers.utils.losses.ppo_loss`` (the actor's
+loss: policy loss + KL loss, aggregated by ``agg_loss``) and, for a critic, ``compute_value_loss``.
+The package computes the same with ``method.advantages`` and ``method.loss``; advantages, returns, the
+loss and its gradient with respect to the log-probs must agree in float64 to a relative 1e-6 (the
+whitening of RLHF-PPO differs by design at 1e-8 relative: verl multiplies by (var + 1e-8)^-1/2, the
+package divides by the standard deviation; GRPO's paths agree to round-off).
+
+``verl.trainer.ppo.ray_trainer`` (where ``compute_advantage`` and ``apply_kl_penalty`` live) imports
+verl's inference-server stack (uvicorn, cachetools, ...), which is outside verl's declared dependencies,
+so the two helpers are mirrored here line for line (ray_trainer.py:78-118 and 214-260 in verl 0.9.1):
+each calls one core_algos function.
+
+Deliberate differences pinned here: the recipe's ``differences`` (verl's always-on dual-clip, the
+whitening epsilon, non-empty-row division) are stated in the recipes and pinned in test_verl.py;
+the batch here has no empty row and ratios below verl's dual-clip bound 3, where the computations are
+the same.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from _frameworks import require
+
+import policygrad as pg
+from policygrad.methods import METHODS, Recipe, grpo, to_verl
+from policygrad.rollout import RolloutBatch
+
+verl = require("verl")
+
+from hydra import compose, initialize_config_dir  # noqa: E402  (after the framework check)
+from tensordict import TensorDict  # noqa: E402
+from verl.trainer.ppo import core_algos  # noqa: E402
+from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
+from verl.workers.utils import losses  # noqa: E402
+
+F64 = torch.float64
+CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+# Run settings a user adds to the method's own overrides (batch sizes; verl requires them).
+RUN = [
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+]
+
+
+def _compose(method):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("ppo_trainer", overrides=to_verl(method) + RUN)
+
+
+def _batch(group_size: int, *, seed: int = 0):
+    """Several groups, unequal lengths (no empty row), garbage on padding, ratios in (e^-0.6, e^0.6)."""
+    g = torch.Generator().manual_seed(seed)
+    G, n_groups, P, T = group_size, 3, 3, 6
+    B = G * n_groups
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = (torch.arange(T) < lengths[:, None]).to(F64)
+    logp = -torch.rand(B, T, generator=g, dtype=F64) * 2 - 0.05
+    old = logp - 0.6 * (2 * torch.rand(B, T, generator=g, dtype=F64) - 1)
+    ref = logp - 0.5 * (2 * torch.rand(B, T, generator=g, dtype=F64) - 1)
+    old, ref = old.clamp(max=-1e-3), ref.clamp(max=-1e-3)
+    rewards = torch.randint(0, 2, (B,), generator=g).to(F64) + 0.25 * torch.rand(B, generator=g, dtype=F64)
+    if G > 1:
+        rewards[G : 2 * G] = 0.5  # an all-equal group
+    values = torch.randn(B, T, generator=g, dtype=F64) * mask
+    junk = 1e3 * (1 - mask)
+    return {
+        "B": B,
+        "T": T,
+        "P": P,
+        "G": G,
+        "mask": mask,
+        "logp": logp * mask + junk,
+        "old": old * mask + junk,
+        "ref": ref * mask + junk,
+        "rewards": rewards,
+        "values": values,
+        "lengths": lengths,
+    }
+
+
+def _policygrad(method, d):
+    B, T, P, G = d["B"], d["T"], d["P"], d["G"]
+    batch = RolloutBatch(
+        prompts=torch.zeros(B, P, dtype=torch.long),
+        completions=torch.ones(B, T, dtype=torch.long),
+        mask=d["mask"],
+        loss_mask=d["mask"],
+        old_log_probs=d["old"],
+        ref_log_probs=d["ref"],
+        rewards=d["rewards"],
+        group_ids=torch.arange(B) // G,
+        truncated=torch.zeros(B, dtype=torch.bool),
+        values=d["values"] if method.needs_critic else None,
+    )
+    logp = d["logp"].clone().requires_grad_(True)
+    adv = method.advantages(batch)
+    loss, _ = method.loss(logp, batch, adv)
+    (grad,) = torch.autograd.grad(loss, logp)
+    returns = method.value_targets(batch) if method.needs_critic else None
+    return {"adv": adv, "loss": loss.detach(), "grad": grad * d["mask"], "returns": returns, "batch": batch}
+
+
+def _verl_rewards(cfg, d):
+    """verl's token-level rewards: the outcome on the last response token, then (if configured) the KL
+    in the reward as ``ray_trainer.apply_kl_penalty`` computes it."""
+    mask, B = d["mask"], d["B"]
+    scores = torch.zeros_like(mask)
+    scores[torch.arange(B), d["lengths"] - 1] = d["rewards"]
+    if not cfg.algorithm.use_kl_in_reward:
+        return scores
+    kld = core_algos.kl_penalty(d["old"] * mask, d["ref"] * mask, kl_penalty=cfg.algorithm.kl_penalty) * mask
+    kl_ctrl = core_algos.get_kl_controller(cfg.algorithm.kl_ctrl)
+    return scores - kl_ctrl.value * kld
+
+
+def _verl_advantages(cfg, d, token_rewards):
+    """``ray_trainer.compute_advantage``'s dispatch on ``algorithm.adv_estimator``."""
+    mask, algo = d["mask"], cfg.algorithm
+    uid = np.array([f"prompt-{i // d['G']}" for i in range(d["B"])], dtype=object)
+    if algo.adv_estimator == "gae":
+        return core_algos.compute_gae_advantage_return(
+            token_level_rewards=token_rewards,
+            values=d["values"],
+            response_mask=mask,
+            gamma=algo.gamma,
+            lam=algo.lam,
+        )
+    if algo.adv_estimator == "grpo":
+        return core_algos.compute_grpo_outcome_advantage(
+            token_level_rewards=token_rewards,
+            response_mask=mask,
+            index=uid,
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+        )
+    fn = core_algos.get_adv_estimator_fn(algo.adv_estimator)
+    return fn(token_level_rewards=token_rewards, response_mask=mask, config=algo, index=uid)
+
+
+def _verl_actor_loss(cfg, d, advantages):
+    """``losses.ppo_loss`` (the actor's loss) on verl's input layout: the log-probs of the whole
+    batch flattened without padding (prompt and response tokens), as the model returns them."""
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    B, T, P, mask = d["B"], d["T"], d["P"], d["mask"]
+    logp = d["logp"].clone().requires_grad_(True)
+    pieces = []
+    for i in range(B):
+        n = int(d["lengths"][i])
+        # the model's output at position k predicts token k + 1: response token j sits at P - 1 + j
+        row = torch.cat([torch.zeros(P - 1, dtype=F64), logp[i, :n], torch.zeros(1, dtype=F64)])
+        pieces.append(row)
+    flat = torch.cat(pieces)
+    attention = torch.cat([torch.ones(B, P), mask.float()], dim=1).long()
+    td = TensorDict(
+        {
+            "prompts": torch.zeros(B, P, dtype=torch.long),
+            "responses": torch.ones(B, T, dtype=torch.long),
+            "attention_mask": attention,
+            "response_mask": mask,
+            "old_log_probs": d["old"] * mask,
+            "advantages": advantages,
+            "ref_log_prob": d["ref"] * mask,
+        },
+        batch_size=[B],
+    )
+    for key, value in (("dp_size", 1), ("batch_num_tokens", None), ("global_batch_size", None)):
+        td.set_non_tensor(key, value)
+    loss, _ = losses.ppo_loss(actor, {"log_probs": flat}, td)
+    (grad,) = torch.autograd.grad(loss, logp)
+    return loss.detach(), grad * mask
+
+
+def _expressible() -> list[str]:
+    return [n for n, m in METHODS.items() if isinstance(m.verl, Recipe)]
+
+
+VARIANTS = {
+    "grpo_token_mean_no_kl": grpo(name="grpo_token_mean_no_kl", beta=0.0, aggregation="token-mean"),
+    "grpo_no_std_k1_seq_sum": grpo(
+        name="grpo_no_std_k1_seq_sum", scale=None, kl_kind="k1", aggregation="seq-mean-token-sum"
+    ),
+    "grpo_k3plus_norm": grpo(
+        name="grpo_k3plus_norm", kl_kind="k3+", eps=0.1, aggregation="seq-mean-token-sum-norm"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", _expressible() + list(VARIANTS))
+def test_to_verl_settings_reproduce_the_method_in_verl(name):
+    """Config → verl's advantages and actor loss == the method's, for every method verl expresses."""
+    method = VARIANTS.get(name) or METHODS[name]
+    cfg = _compose(method)
+    d = _batch(method.group_size)
+    ours = _policygrad(method, d)
+    adv, returns = _verl_advantages(cfg, d, _verl_rewards(cfg, d))
+    tol = {"rtol": 1e-6, "atol": 1e-9}
+    torch.testing.assert_close(ours["adv"], adv * d["mask"], **tol)
+    loss, grad = _verl_actor_loss(cfg, d, adv)
+    torch.testing.assert_close(ours["loss"], loss, **tol)
+    torch.testing.assert_close(ours["grad"], grad, **tol)
+    if method.needs_critic:
+        torch.testing.assert_close(ours["returns"], returns * d["mask"], **tol)
+
+
+def test_to_verl_critic_settings_reproduce_the_value_loss():
+    """``critic.cliprange_value`` and the critic's ``loss_agg_mode`` from the config, through
+    ``core_algos.compute_value_loss``: both are 0.5 x the clipped squared error, token-mean."""
+    method = METHODS["ppo_rlhf"]
+    cfg = _compose(method)
+    d = _batch(1)
+    ours = _policygrad(method, d)
+    batch, targets = ours["batch"], ours["returns"]
+    g = torch.Generator().manual_seed(5)
+    new_values = (d["values"] + 0.4 * torch.randn(d["B"], d["T"], generator=g, dtype=F64)).requires_grad_(True)
+    loss = method.value_loss(new_values, batch, targets)
+    (grad,) = torch.autograd.grad(loss, new_values)
+    v_new = new_values.detach().clone().requires_grad_(True)
+    vf_loss, _ = core_algos.compute_value_loss(
+        vpreds=v_new,
+        values=d["values"],
+        returns=targets,
+        response_mask=d["mask"],
+        cliprange_value=cfg.critic.cliprange_value,
+        loss_agg_mode=cfg.critic.loss_agg_mode,
+    )
+    (v_grad,) = torch.autograd.grad(vf_loss, v_new)
+    torch.testing.assert_close(vf_loss.detach(), loss.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v_grad * d["mask"], grad * d["mask"], rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_override_is_refused_by_verl():
+    """The check above means something: verl's Hydra config rejects a key it does not have."""
+    with pytest.raises(Exception, match="Could not override"):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            compose("ppo_trainer", overrides=["algorithm.no_such_key=1"])
+    assert pg.methods.VERL_VERSION == ".".join(verl.__version__.split(".")[:2])
