@@ -90,7 +90,8 @@ def group_leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tenso
     ``R * G/(G-1) - mean * G/(G-1)``, groups by an index array; a group of one keeps its raw reward there, and
     gets 0 in ``compute_rloo_vectorized_outcome_advantage``) and TRL's ``RLOOTrainer``
     (``trl/trainer/rloo_trainer.py``, ``_generate_and_score_completions``: ``R - (sum_g - R)/(G - 1)`` over
-    contiguous groups of ``num_generations``, then optionally whitened over the batch). Returns ``(B,)``.
+    contiguous groups of ``num_generations``, then optionally whitened over the batch; with ``beta=0.0``, as its
+    default ``beta=0.05`` first subtracts the sequence's summed k1 KL from the reward). Returns ``(B,)``.
     Derived in {ref}`sec-reinforce-baselines`; GRPO's group mean rescaled to it in eq. {eq}`eq-grpo-loo`.
     """
     check_float(rewards, "rewards", 1)

@@ -4,10 +4,11 @@
 :math:`n-1`), as in TRL and verl: TRL's GRPO divides by ``nanstd`` (``trl/trainer/utils.py:nanstd``, corrected
 by ``count / (count - 1)``), verl's GRPO by ``torch.std`` (``verl/trainer/ppo/core_algos.py:
 compute_grpo_outcome_advantage``), and verl's ``masked_whiten`` uses ``masked_var(..., unbiased=True)``
-(``verl/utils/torch_functional.py``; TRL's former ``trl/core.py:masked_whiten`` was the same; TRL 1.16 has none).
+(``verl/utils/torch_functional.py``; TRL 1.16 has no token whitening).
 ``unbiased=False`` gives the population standard deviation. Where the frameworks differ from each other and
-from us: **eps** — TRL's GRPO divides by ``std + 1e-4``, verl's by ``std + 1e-6`` (our default); both
-frameworks' ``masked_whiten`` multiply by ``rsqrt(var + 1e-8)``, whereas :func:`whiten` divides by the standard
+from us: **eps** — TRL's GRPO divides by ``std + 1e-4``, verl's by ``std + 1e-6`` (our default); verl's
+``masked_whiten`` multiplies by ``rsqrt(var + 1e-8)`` (TRL's batch normalisations divide by ``nanstd + 1e-4``),
+whereas :func:`whiten` divides by the standard
 deviation itself and uses ``eps`` only as the threshold below which the values count as constant;
 **shift_mean=False** — ``masked_whiten`` returns :math:`(x-\\mu)/\\sigma + \\mu` (the mean re-added after
 scaling), ours returns :math:`x/\\sigma` (only rescaled, so every sign is kept). A group, or a whitened batch,
@@ -52,10 +53,9 @@ def whiten(
     """Normalise ``values (B, T)`` to mean 0 and standard deviation 1 over the tokens where ``mask`` is 1.
 
     The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales, :math:`x/\\sigma` (keeps the sign of
-    every advantage); verl's ``masked_whiten(shift_mean=False)`` (``verl/utils/torch_functional.py``, and TRL's
-    former ``trl/core.py:masked_whiten``) instead re-adds the mean after scaling, :math:`(x-\\mu)/\\sigma+\\mu`.
-    ``unbiased=True`` (the default, as their ``masked_var(unbiased=True)``) divides the variance by :math:`n-1`,
-    ``unbiased=False`` by :math:`n`. We divide by :math:`\\sigma` itself; they multiply by
+    every advantage); verl's ``masked_whiten(shift_mean=False)`` (``verl/utils/torch_functional.py``) instead re-adds the mean after scaling, :math:`(x-\\mu)/\\sigma+\\mu`.
+    ``unbiased=True`` (the default, as verl's ``masked_var(unbiased=True)``) divides the variance by :math:`n-1`,
+    ``unbiased=False`` by :math:`n`. We divide by :math:`\\sigma` itself; verl multiplies by
     :math:`(\\sigma^2 + 10^{-8})^{-1/2}`. Never NaN: if the masked values are constant (all equal up to round-off,
     the rule of the module docstring, or std at most ``eps``), or only one token is selected, the result is zeros
     with ``shift_mean`` and the masked input unchanged without it; an empty mask returns zeros. Values on padded

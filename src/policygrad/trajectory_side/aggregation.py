@@ -66,7 +66,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
 
     Edge cases, all defined and never NaN: positions where the mask is 0 are selected away (a NaN there
     changes nothing); a row with an empty mask contributes 0 to the sequence modes and still counts in
-    :math:`B` (verl 0.9 instead divides by the number of non-empty rows); an entirely empty mask gives 0
+    :math:`B` (as verl's ``agg_loss`` when its trainer passes ``global_batch_size``; called without it,
+    ``agg_loss`` divides by the number of non-empty rows); an entirely empty mask gives 0
     with a zero gradient. The sum is taken in at least float32 (half-precision inputs are promoted).
     Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
     """
