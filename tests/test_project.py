@@ -74,7 +74,8 @@ def test_no_exact_pins_in_pyproject():
 
 
 def _notebook_sources() -> list[Path]:
-    return sorted(p for p in BOOK.glob("[0-9][0-9]-*.md"))
+    """Chapters ``NN-name.md`` then appendices ``AN-name.md``, in toc order."""
+    return sorted(p for p in BOOK.glob("*.md") if re.match(r"(\d\d|A\d)-", p.name))
 
 
 def _toc_files() -> list[str]:
@@ -100,7 +101,7 @@ def test_toc_lists_every_notebook_twin_in_order():
     listed = [f for f in toc if f.endswith(".ipynb")]
     expected = [f"book/{md.stem}.ipynb" for md in _notebook_sources()]
     assert listed == expected, f"myst.yml toc lists {listed}, book/ has {expected}"
-    assert not any(f.endswith(".md") and re.match(r"book/\d\d-", f) for f in toc), "toc must list .ipynb twins"
+    assert not any(f.endswith(".md") and re.match(r"book/(\d\d|A\d)-", f) for f in toc), "toc must list .ipynb twins"
 
 
 def test_stored_notebooks_are_executed_and_clean():

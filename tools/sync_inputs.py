@@ -37,6 +37,6 @@ def sync(md: Path) -> bool:
 
 
 if __name__ == "__main__":
-    paths = [Path(p) for p in sys.argv[1:]] or sorted(BOOK.glob("[0-9][0-9]-*.md"))
+    paths = [Path(p) for p in sys.argv[1:]] or sorted(BOOK.glob("[0-9A][0-9]-*.md"))
     for p in paths:
         print(f"{p.name}: {'updated' if sync(p) else 'unchanged'}")
