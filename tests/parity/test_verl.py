@@ -73,9 +73,9 @@ Deliberate differences, each pinned by a test that asserts the exact relation (v
     token-mean only. ``kl_loss_coef`` defaults to 0.001 in verl (``workers/config/actor.py:175``),
     GRPO's beta to 0.04.
 
-Suspected package divergence (not deliberate; xfail strict, see
-``test_gae_with_a_hole_in_the_mask``): verl's GAE skips masked tokens inside a row
-(``core_algos.py:254-256``), ours treats a hole as the end of the episode.
+A gap in the mask: verl's GAE bridges masked tokens inside a row (``core_algos.py:254-256``), and
+so does ours (``test_gae_with_a_hole_in_the_mask``, which found the package ending the episode at
+the gap).
 
 In verl, not (yet) in the package — for chapters 08-10: policy losses ``cispo``, ``sapo``,
 ``geo_mean`` (GMPO), ``dppo_tv``, ``dppo_kl``, ``clip_cov``, ``kl_cov``, ``dro``, ``bypass_mode``
@@ -954,14 +954,10 @@ def test_gae_matches_verl(inp, gamma, lam):
     close(out.batch["advantages"], adv, **EXACT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected package divergence: verl's GAE skips masked tokens inside a row "
-    "(core_algos.py:254-256); policygrad.reward_side.gae treats a hole as the end of the episode",
-)
 def test_gae_with_a_hole_in_the_mask():
     """A mask with a hole (e.g. a tool output that is not trained on): verl bridges it, V(s_{t+1})
-    and the running GAE come from the next real token. Ours restarts at the hole."""
+    and the running GAE come from the next real token (core_algos.py:254-256), and so does ours.
+    (This test found the package treating a hole as the end of the episode.)"""
     g = torch.Generator().manual_seed(4)
     mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]], dtype=DT)
     rewards = torch.randn(2, 7, generator=g, dtype=DT) * mask

@@ -16,19 +16,38 @@ from .masks import _check_like, _check_rewards_mask
 __all__ = ["td_residuals", "n_step_returns", "gae"]
 
 
+def _next_real(x: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every position, ``x`` at the next real (selected) position of its row, and whether there is one.
+
+    A gap in the mask (tokens the policy did not choose, e.g. a tool's output inside a trajectory) is
+    bridged: the next state is the next real token's, as in verl's GAE. For a contiguous mask this is
+    ``x[:, t + 1]`` up to the last real token, and "none" after it.
+    """
+    carry = torch.zeros_like(x[:, 0])
+    has = torch.zeros_like(sel[:, 0])
+    values, exists = [], []
+    for t in range(x.shape[1] - 1, -1, -1):
+        values.append(carry)
+        exists.append(has)
+        carry = torch.where(sel[:, t], x[:, t], carry)
+        has = has | sel[:, t]
+    return torch.stack(values[::-1], 1), torch.stack(exists[::-1], 1)
+
+
 def _next_values(v: torch.Tensor, sel: torch.Tensor, last_value: torch.Tensor | None) -> torch.Tensor:
     """V(s_{t+1}) with 0 after the end of each sequence (or ``last_value`` to bootstrap a truncation).
 
-    ``v`` is already selected (0 on padding); ``sel`` is the boolean mask.
+    ``v`` is already selected (0 on padding); ``sel`` is the boolean mask. :math:`s_{t+1}` is the state
+    of the next real token, so a gap in the mask is bridged (see :func:`_next_real`).
     """
-    nxt = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
+    nxt, has_next = _next_real(v, sel)
     if last_value is not None:
         check_float(last_value, "last_value", 1)
         if last_value.shape[0] != v.shape[0]:
             raise ValueError(f"last_value must have shape ({v.shape[0]},), got {tuple(last_value.shape)}")
         check_finite(last_value, "last_value", mask=sel.any(1))
         # the last real token of each row bootstraps from last_value
-        is_last = sel & ~torch.cat([sel[:, 1:], torch.zeros_like(sel[:, :1])], 1)
+        is_last = sel & ~has_next
         lv = select(last_value, sel.any(1)).to(v.dtype)
         nxt = torch.where(is_last, lv.unsqueeze(1), nxt)
     return nxt
@@ -99,16 +118,18 @@ def gae(
     :math:`\\hat A_t = \\sum_{k\\ge0} (\\gamma\\lambda)^k \\delta_{t+k}` (eq. {eq}`eq-gae`).
 
     ``lam=0`` gives the TD residual; ``lam=1`` gives :math:`G_t - V(s_t)`. Shapes ``(B, T)``; computed
-    by the backward recursion :math:`\\hat A_t = \\delta_t + \\gamma\\lambda \\hat A_{t+1}`.
+    by the backward recursion :math:`\\hat A_t = \\delta_t + \\gamma\\lambda \\hat A_{t+1}`, where
+    :math:`t+1` is the next real token: a gap in the mask (tokens the policy did not choose) is bridged,
+    as in verl's ``compute_gae_advantage_return``.
     Derived in {ref}`sec-gae-derivation`.
     """
     lam = check_unit_interval(lam, "lam")
     delta = td_residuals(rewards, values, mask, gamma, last_value)  # validates everything; 0 on padding
     sel = mask != 0
-    follows = torch.cat([sel[:, 1:], torch.zeros_like(sel[:, :1])], 1)  # the next token is real
-    running = torch.zeros_like(delta[:, 0])
+    running = torch.zeros_like(delta[:, 0])  # the GAE of the next real token (0 past the last one)
     out = []
     for t in range(delta.shape[1] - 1, -1, -1):
-        running = delta[:, t] + gamma * lam * select(running, follows[:, t])
+        # a gap in the mask is bridged: a real token continues from the next real token's GAE
+        running = torch.where(sel[:, t], delta[:, t] + gamma * lam * running, running)
         out.append(running)
     return select(torch.stack(out[::-1], 1), sel)
