@@ -199,3 +199,16 @@ def test_docstring_maths_is_escaped():
             if m:
                 bad.append(f"{py.name}:{tok.start[0]}: {m.group(0)}")
     assert not bad, "unescaped LaTeX in non-raw strings (use \\\\ or an r-string): " + ", ".join(bad)
+
+
+def test_parity_extra_is_pinned_and_in_environment_yml():
+    """The parity oracles are the one pinned dependency (name==X.Y.*), installed by make test and conda."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    parity = data["project"]["optional-dependencies"]["parity"]
+    assert {r.split("==")[0] for r in parity} == {"trl", "verl"}
+    env = (ROOT / "environment.yml").read_text(encoding="utf-8")
+    for req in parity:
+        assert re.fullmatch(r"[a-z]+==\d+\.\d+\.\*", req), f"parity pin {req!r} is not name==X.Y.*"
+        assert re.search(rf"^\s+- {re.escape(req)}\s*$", env, flags=re.M), f"environment.yml lacks {req}"
+    assert '".[dev,parity]"' in (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "POLICYGRAD_REQUIRE_PARITY=1" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

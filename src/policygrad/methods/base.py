@@ -108,7 +108,9 @@ class Method:
         for attr in ("trl", "verl"):
             entry = getattr(self, attr)
             if entry is not None and (not isinstance(entry, (Recipe, Unsupported)) or entry.framework != attr):
-                raise ValueError(f"{attr} must be a Recipe or Unsupported for framework {attr!r} (or None), got {entry!r}")
+                raise ValueError(
+                    f"{attr} must be a Recipe or Unsupported for framework {attr!r} (or None), got {entry!r}"
+                )
 
 
 #: The registry: name -> :class:`Method`.

@@ -31,7 +31,8 @@ def _settings(method: str | Method, framework: str) -> dict:
     if isinstance(entry, Unsupported):
         name, version = FRAMEWORKS[framework]
         closest = f" (closest: {entry.closest})" if entry.closest else ""
-        raise ValueError(f"{get_method(method).name!r} cannot be expressed in {name} {version}: {entry.reason}{closest}")
+        what = f"{get_method(method).name!r} cannot be expressed in {name} {version}"
+        raise ValueError(f"{what}: {entry.reason}{closest}")
     return dict(entry.settings)
 
 

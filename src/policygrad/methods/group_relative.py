@@ -43,7 +43,8 @@ def grpo_advantages(
     rewards from it on (:func:`policygrad.reward_side.group_step_advantages`, every trained token a step; a
     nonzero reward on a token outside the loss mask is a ValueError, not silently dropped).
     ``scale=None`` drops the division (Dr.GRPO); ``unbiased`` picks the :math:`1/(G-1)` standard deviation
-    (Bessel-corrected, as TRL's ``nanstd`` and verl's ``torch.std``). Needs ``G >= 2``. Derived in {ref}`sec-grpo-objective`.
+    (Bessel-corrected, as TRL's ``nanstd`` and verl's ``torch.std``). Needs ``G >= 2``. Derived in
+    {ref}`sec-grpo-objective`.
     """
     G = batch.group_size
     opts = {"scale": scale, "unbiased": unbiased, "eps": eps}
@@ -139,7 +140,9 @@ def grpo_trl(
             "steps_per_generation; the package by the minibatch's own token count"
         )
     if aggregation == "seq-mean-token-sum-norm":
-        differences.append("dr_grpo divides by max_completion_length; the package by max_len (default: the padded width)")
+        differences.append(
+            "dr_grpo divides by max_completion_length; the package by max_len (default: the padded width)"
+        )
     differences.append("the package clamps log-ratios (and k3's argument) to +/-20 before exp; TRL does not")
     pitfalls = (
         "GRPOConfig's defaults are not DeepSeekMath's GRPO: beta=0.0 and loss_type='dapo'",

@@ -53,7 +53,8 @@ def whiten(
     """Normalise ``values (B, T)`` to mean 0 and standard deviation 1 over the tokens where ``mask`` is 1.
 
     The advantage whitening of RLHF-PPO. ``shift_mean=False`` only rescales, :math:`x/\\sigma` (keeps the sign of
-    every advantage); verl's ``masked_whiten(shift_mean=False)`` (``verl/utils/torch_functional.py``) instead re-adds the mean after scaling, :math:`(x-\\mu)/\\sigma+\\mu`.
+    every advantage); verl's ``masked_whiten(shift_mean=False)`` (``verl/utils/torch_functional.py``) instead
+    re-adds the mean after scaling, :math:`(x-\\mu)/\\sigma+\\mu`.
     ``unbiased=True`` (the default, as verl's ``masked_var(unbiased=True)``) divides the variance by :math:`n-1`,
     ``unbiased=False`` by :math:`n`. We divide by :math:`\\sigma` itself; verl multiplies by
     :math:`(\\sigma^2 + 10^{-8})^{-1/2}`. Never NaN: if the masked values are constant (all equal up to round-off,
