@@ -260,6 +260,19 @@ def test_all_rows_ending_at_once_stops_early_and_pads():
         assert not bool(s.truncated.any())
 
 
+def test_samples_leave_inference_mode_and_feed_autograd():
+    """The loop runs under torch.inference_mode; what it returns is ordinary tensors that a training forward
+    with gradients may use (inference tensors cannot be saved for backward)."""
+    model = _model()
+    s = model.sample(_tokens(6, 2, 5), max_new_tokens=3, eos=1, group_size=2, generator=torch.Generator().manual_seed(0))
+    for t in (s.prompts, s.completions, s.mask, s.log_probs, s.truncated):
+        assert not t.is_inference()
+    logp = torch.log_softmax(model(s.prompts, s.completions, group_size=2), -1)
+    loss = -(logp.gather(-1, s.completions.unsqueeze(-1)).squeeze(-1) * s.mask).sum()
+    loss.backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
 def test_group_size_repeats_each_prompt():
     model = _model()
     prompts = _tokens(3, 2, 5)

@@ -167,3 +167,16 @@ def test_new_options_are_validated(bad):
     policy, _ = pg.load_warm_start("addition")
     with pytest.raises(ValueError, match=next(iter(bad))):
         train(policy, task, "reinforce", **SMALL, **bad)
+
+
+def test_all_finite_checks_every_entry_of_every_tensor():
+    """The post-step parameter check: one fused test that any NaN or inf, in any tensor, fails."""
+    from policygrad.train import _all_finite
+
+    ts = [torch.zeros(3, 2), torch.ones(5), torch.full((2, 2), -1e38)]
+    assert _all_finite(ts)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(len(ts)):
+            broken = [t.clone() for t in ts]
+            broken[i].view(-1)[-1] = bad
+            assert not _all_finite(broken), (bad, i)

@@ -282,6 +282,11 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     """
     return kl_loss(logp, ref_logp, mask, kind="k3", aggregation="token-mean")
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite: one check (largest |entry| of each) and one sync."""
+    return bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
+
+
 def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
     g = rewards.reshape(-1, group_size)
     return (g == g[:, :1]).all(1).double().mean().item()
@@ -406,7 +411,8 @@ def train(
     g = torch.Generator().manual_seed(seed)
     # foreach: one multi-tensor Adam update instead of a loop over the parameters: the same
     # arithmetic (every stored output of the book is bitwise unchanged), less overhead per step
-    opt = torch.optim.Adam(policy.parameters(), lr=lr, foreach=True)
+    params = list(policy.parameters())
+    opt = torch.optim.Adam(params, lr=lr, foreach=True)
     critic_opt = (
         torch.optim.Adam(critic.parameters(), lr=critic_lr or lr, foreach=True) if critic is not None else None
     )
@@ -514,7 +520,7 @@ def train(
                     opt.step()
                     norms.append(norm)
                     losses.append(loss.item())
-                    if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+                    if not _all_finite(params):
                         raise diverged(step, "parameters", float("nan"), "the update overflowed: " + lr_cause)
                     for k, v in stats.items():
                         stats_acc.setdefault(k, []).append(float(v))

@@ -300,8 +300,12 @@ class TinyGPT(nn.Module):
         h = self._hidden(unique, small)  # (N, P, C)
         cache = self.new_cache(N * G, capacity)
         for (k_small, v_small), (k, v) in zip(small.layers, cache.layers, strict=True):
-            k[:, :, :P] = k_small.repeat_interleave(G, dim=0)  # (N * G, H, P, d)
-            v[:, :, :P] = v_small.repeat_interleave(G, dim=0)
+            if torch.is_grad_enabled():  # autograd sums the G copies' gradients back (repeat_interleave)
+                k[:, :, :P] = k_small.repeat_interleave(G, dim=0)  # (N * G, H, P, d)
+                v[:, :, :P] = v_small.repeat_interleave(G, dim=0)
+            else:  # the same values, broadcast into the cache without a repeated copy first
+                k.view(N, G, *k.shape[1:])[:, :, :, :P] = k_small.unsqueeze(1)  # (N, G, H, P, d)
+                v.view(N, G, *v.shape[1:])[:, :, :, :P] = v_small.unsqueeze(1)
         cache.length = P
         return h, cache
 
@@ -353,6 +357,16 @@ class TinyGPT(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._check_length(prompts.shape[1] + T)
+        # the loop runs in inference mode (less bookkeeping per operation than no_grad); its results are
+        # cloned out of it, so that autograd may use them later (train feeds them to the training forward)
+        out = self._draw(prompts, T, eos, pad, temperature, top_k, generator, use_cache, group_size)
+        prompts, tokens, mask, logp, truncated = (x.clone() for x in out)
+        return Samples(prompts=prompts, completions=tokens, mask=mask, log_probs=logp, truncated=truncated)
+
+    @torch.inference_mode()
+    def _draw(self, prompts, T, eos, pad, temperature, top_k, generator, use_cache, group_size):
+        """The sampling loop of :meth:`sample` (arguments checked there); returns its five tensors."""
+        V = self.config.vocab_size
         unique, G = prompts, group_size
         if G > 1:
             prompts = prompts.repeat_interleave(G, dim=0)  # (B * G, P)
@@ -361,10 +375,10 @@ class TinyGPT(nn.Module):
         device = prompts.device
         gen_device = generator.device if generator is not None else device
         fill = eos if pad is None else pad
-        tokens = torch.full((B, T), 0 if fill is None else fill, dtype=torch.long, device=device)
-        logp = torch.zeros(B, T, dtype=self.wte.weight.dtype, device=device)
-        mask = (torch.zeros if eos is not None else torch.ones)(B, T, dtype=self.wte.weight.dtype, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        tokens = torch.empty(B, T, dtype=torch.long, device=device)
+        logp = torch.empty(B, T, dtype=self.wte.weight.dtype, device=device)
+        ended = torch.zeros(B, dtype=torch.bool, device=device)  # has the row emitted eos yet?
+        width = T  # positions drawn (the loop stops early once every row has ended)
 
         if use_cache:  # prefill: each distinct prompt once, its keys and values shared by its G rows
             h, cache = self._shared_prefix(unique, G, prompts.shape[1] + T)  # (B / G, P, C), cache of B rows
@@ -383,24 +397,33 @@ class TinyGPT(nn.Module):
                     zs = zs.masked_fill(zs < kth, float("-inf"))
                 probs = torch.softmax(zs, dim=-1)
             tok = torch.multinomial(probs.to(gen_device), 1, generator=generator).to(device)  # (B, 1)
-            lp = logp_all.gather(-1, tok).squeeze(-1)  # (B,) log pi(y_t | x, y_<t), temperature 1
-            tok = tok.squeeze(-1)  # (B,)
-            if eos is not None:  # finished rows get padding, mask 0 and log-prob 0
-                mask[:, t] = (~done).to(mask.dtype)
-                tok = tok.masked_fill(done, fill)
-                lp = lp.masked_fill(done, 0.0)
-                done = done | (tok == eos)
-            tokens[:, t] = tok
-            logp[:, t] = lp
-            if eos is not None and bool(done.all()):
-                break  # every row has ended; the rest stays padding
+            logp[:, t : t + 1] = logp_all.gather(1, tok)  # log pi(y_t | x, y_<t), temperature 1
+            tokens[:, t : t + 1] = tok
+            if eos is not None:  # rows that have ended keep drawing; those draws are masked out below
+                ended |= tok.squeeze(1) == eos
+                if t + 1 < T and bool(ended.all()):
+                    width = t + 1
+                    break  # every row has ended; the rest is padding
             if t + 1 < T:
                 if use_cache:
-                    h = self._hidden(tok.unsqueeze(1), cache)  # only the new token: (B, 1, C)
+                    h = self._hidden(tok, cache)  # only the new token: (B, 1, C)
                 else:
                     h = self._hidden(torch.cat([prompts, tokens[:, : t + 1]], dim=1))  # (B, P + t + 1, C)
-        truncated = ~done if eos is not None else torch.zeros(B, dtype=torch.bool, device=device)
-        return Samples(prompts=prompts, completions=tokens, mask=mask, log_probs=logp, truncated=truncated)
+        if eos is None:
+            mask = torch.ones(B, T, dtype=logp.dtype, device=device)
+            truncated = torch.zeros(B, dtype=torch.bool, device=device)
+        else:  # a row stops at its first eos: eos kept (mask 1), later positions padding (mask 0, log-prob 0)
+            drawn = tokens[:, :width]
+            after = (drawn == eos).cumsum(1) - (drawn == eos).long()  # eos strictly before each position
+            keep = after == 0  # (B, width)
+            mask = torch.zeros(B, T, dtype=logp.dtype, device=device)
+            mask[:, :width] = keep.to(logp.dtype)
+            tokens[:, :width] = drawn.masked_fill(~keep, fill)
+            tokens[:, width:] = fill
+            logp[:, :width] = logp[:, :width].masked_fill(~keep, 0.0)
+            logp[:, width:] = 0.0
+            truncated = ~ended
+        return prompts, tokens, mask, logp, truncated
 
     # -- validation ----------------------------------------------------------------------------------------
     def _check_tokens(self, x, name: str) -> torch.Tensor:
@@ -411,7 +434,8 @@ class TinyGPT(nn.Module):
         if x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"{name} must have at least one row and one token, got shape {tuple(x.shape)}")
         V = self.config.vocab_size
-        if int(x.min()) < 0 or int(x.max()) >= V:
+        lo, hi = torch.aminmax(x)
+        if int(lo) < 0 or int(hi) >= V:
             raise ValueError(f"{name} must hold token ids in [0, {V - 1}] (the vocabulary)")
         return x.to(device=self.wte.weight.device, dtype=torch.long)
 
