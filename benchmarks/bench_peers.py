@@ -659,8 +659,7 @@ def print_rl(res: dict, rates: dict) -> None:
               f"without the decode attention-value products {f['policygrad_analytic_without_decode_att_values'] / 1e6:.1f}"
               f" (ratio {ratio:.3f}); TRL step (FlopCounterMode, no sdpa): {(f['trl_flop_counter'] or 0) / 1e6:.1f} MFLOP")
         if ratio is None or abs(ratio - 1) > 0.02:
-            print("    (FlopCounterMode sees only part of policygrad's matmuls: the rest run in ops it does not count, "
-                  "e.g. oneDNN's mkldnn._linear_pointwise; the analytic count is the one used)")
+            print("    (FlopCounterMode and the analytic count disagree: the analytic count is the one used)")
         name, rate = model_rate(rates)
         print(f"    floor at {rate:.1f} GFLOP/s (fastest model-shape rate, {name}): "
               f"{1e3 * f['policygrad_floor_s_model_rate']:.2f} ms -> policygrad is "
@@ -669,6 +668,33 @@ def print_rl(res: dict, rates: dict) -> None:
                  else "")
               + f"; at {rates[BIG]:.1f} GFLOP/s (large matmul): "
               f"{f['policygrad_distance_from_floor_large_matmul_rate']:.1f}x")
+
+
+# --------------------------------------------------------------------------- targets
+
+
+SAMPLING_TARGET, STEP_TARGET, FLOOR_TARGET = 2.5, 5.0, 3.0
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def target_rows(payload: dict, threads: int) -> list[dict]:
+    """The project issue's targets as result rows (ratios of medians from this run)."""
+    rows, t = [], f", {threads} thread{'s' if threads > 1 else ''}"
+    for P, r in (payload.get("sampling") or {}).get("by_prompt_len", {}).items():
+        x = r["ratios_of_medians"]["HF generate (KV cache) / policygrad"]
+        rows.append(C.row(f"sampling 256 x 16 new tokens, prompt {P}: HF generate / policygrad{t}",
+                          f">= {SAMPLING_TARGET:g}x", f"{x:.2f}x", _verdict(x >= SAMPLING_TARGET)))
+    for beta, r in (payload.get("rl_step") or {}).get("by_beta", {}).items():
+        x = r["ratio_of_medians_trl_over_policygrad"]
+        rows.append(C.row(f"GRPO step, beta {float(beta):g}, 64 x 8: TRL GRPOTrainer / policygrad{t}",
+                          f">= {STEP_TARGET:g}x", f"{x:.2f}x", _verdict(x >= STEP_TARGET)))
+        d = r["flops"]["policygrad_distance_from_floor_model_rate"]
+        rows.append(C.row(f"GRPO step, beta {float(beta):g}: time / matmul floor{t}", f"<= {FLOOR_TARGET:g}x",
+                          f"{d:.1f}x", _verdict(d <= FLOOR_TARGET)))
+    return rows
 
 
 # --------------------------------------------------------------------------- main
@@ -725,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         payload["rl_step"] = res = bench_rl_step(args, log, rates)
         print_rl(res, rates)
+    payload["rows"] = target_rows(payload, args.threads)
     payload["thread_repins"] = log
     print("  threads: " + ("; ".join(log) if log else f"torch stayed at {args.threads} thread(s) throughout"))
     payload["machine_after"] = {"load_average_1_5_15min": C.load_average()}

@@ -1,7 +1,7 @@
 """Seconds per full RL step of ``policygrad.train.train`` on the addition warm start, and where they go.
 
 Target (project issue): one step of ``train(policy, task, "reinforce_baseline", prompts_per_step=64,
-group_size=8)`` — sample 64 prompts x 8 completions (4 new tokens each), rewards, reference forward,
+group_size=8)`` — sample 64 prompts x 8 completions (4 new tokens each), rewards,
 advantages, loss, backward, clipped Adam step — takes <= 0.10 s on one CPU thread.
 
 Full step: ``train`` is called with ``eval_every=None`` for ``--warmup`` steps, then ``--repeats`` times
@@ -11,7 +11,9 @@ reported as the median (and best) over repeats. The call time includes ``train``
 
 Breakdown: the same stages, with the same shapes and the same package functions that ``train`` calls,
 timed one by one for ``--breakdown-iters`` iterations (median per stage): problem draw + encoding,
-sampling, rewards, reference forward, batch + advantages, policy forward + backward, clip + Adam step.
+sampling, rewards, batch + advantages, policy forward + backward, clip + Adam step (no reference
+forward: ``reinforce_baseline`` has no KL term, and ``train`` runs the reference only for methods that
+read it, or when ``kl_ref=True`` asks for the metric).
 "other" is the measured full step minus the sum of the stages (``train``'s metrics, ``.item()`` calls,
 per-call set-up). An extra line times the policy forward + backward without sharing the prompt prefix
 across the group (``group_size=1`` in the forward) to show what that sharing buys.
@@ -38,27 +40,24 @@ NAME = "rl_step"
 PROMPTS, G = 64, 8
 METHOD = "reinforce_baseline"
 TARGET_S = 0.10
-QUOTED_TRL_GRPO_S = 0.30  # quoted from the project issue: TRL 1.16 GRPO step, 64 x 8 completions of 4 tokens
 
 
 class StageBreakdown:
     """The stages of one RL step, built from the same calls ``train`` makes, timed one by one.
 
-    State (policy, reference, Adam, generator) persists across :meth:`run` calls, so the iterations can be
+    State (policy, Adam, generator) persists across :meth:`run` calls, so the iterations can be
     interleaved with the full-step timings and both see the same machine load.
     """
 
-    NAMES = ("problems + encode", "sampling", "rewards", "reference forward", "batch + advantages",
+    NAMES = ("problems + encode", "sampling", "rewards", "batch + advantages",
              "policy forward + backward", "clip + Adam step")
     UNSHARED = "policy forward + backward, prefix not shared"
 
     def __init__(self, device: torch.device, seed: int) -> None:
-        import copy
 
         self.device = device
         self.policy, _ = pg.load_warm_start("addition", device=device)
         self.task = make_task("addition")
-        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.method = get_method(METHOD)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=1e-4)
         self.g = torch.Generator().manual_seed(seed)
@@ -71,7 +70,7 @@ class StageBreakdown:
         return out
 
     def run(self, iters: int) -> None:
-        task, policy, reference, method, g, t = self.task, self.policy, self.reference, self.method, self.g, self._t
+        task, policy, method, g, t = self.task, self.policy, self.method, self.g, self._t
         G_ = G
         for _ in range(iters):
             def draw():
@@ -85,15 +84,8 @@ class StageBreakdown:
             rewards = t("rewards", lambda: task.rewards([p for p in problems for _ in range(G_)],  # noqa: B023
                                                         samples.completions, samples.mask))  # noqa: B023
 
-            def ref_fwd():
-                with torch.no_grad():
-                    logits = reference(samples.prompts, samples.completions, group_size=G_)  # noqa: B023
-                    return token_log_probs(logits, samples.completions)  # noqa: B023
-
-            ref_logp = t("reference forward", ref_fwd)
-
             def make_batch():
-                b = RolloutBatch.from_samples(samples, rewards, group_size=G_, ref_log_probs=ref_logp * samples.mask)  # noqa: B023
+                b = RolloutBatch.from_samples(samples, rewards, group_size=G_)  # noqa: B023
                 return b, method.advantages(b)
 
             batch, adv = t("batch + advantages", make_batch)
@@ -179,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{full_med:.3f} s (best {full_best:.3f} s)",
               C.status(full_med, TARGET_S, best=full_best, higher_is_better=False)),
     ]
-    quoted = [C.row(f"TRL GRPO step, {PROMPTS} x {G} completions of 4 tokens (quoted, not measured here)", "—",
-                    f"≈ {QUOTED_TRL_GRPO_S:.2f} s", "—")]
     breakdown = [{"stage": k, "median_ms": 1e3 * stage_med[k], "best_ms": 1e3 * min(stages[k]),
                   "share": stage_med[k] / full_med} for k in core]
     breakdown.append({"stage": "other (train's metrics, .item() syncs, per-call set-up)",
@@ -194,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(mean length {shapes['mean_length']:.2f})")
     print("  seconds/step per repeat: " + ", ".join(f"{x:.3f}" for x in per_step))
     C.print_rows(rows)
-    print(f"  = {fig['completions_per_second_median']:,.0f} completions/s. Quoted (not measured by this script): "
-          f"TRL GRPO step ≈ {QUOTED_TRL_GRPO_S:.2f} s, {QUOTED_TRL_GRPO_S / full_med:.1f}x this run's median")
+    print(f"  = {fig['completions_per_second_median']:,.0f} completions/s (against TRL's GRPOTrainer: bench_peers.py)")
     print(f"  breakdown (median of {args.breakdown_iters} iterations, same shapes):")
     for b in [*breakdown, extra]:
         share = "" if b["share"] != b["share"] else f"{b['share']:6.1%}"
@@ -206,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         train(policy, task, METHOD, steps=2, seed=0, **kw)
         print(C.profile_table(lambda: train(policy, task, METHOD, steps=1, seed=0, **kw), rows=20))
     C.emit(NAME, {"device": str(device), "machine": C.machine_info(device), "parameters": fresh().num_parameters(),
-                  "figures": fig, "rows": rows, "quoted": quoted, "breakdown": [*breakdown, extra]}, args.json)
+                  "figures": fig, "rows": rows, "breakdown": [*breakdown, extra]}, args.json)
     return 0
 
 

@@ -27,8 +27,6 @@ NAME = "sampling"
 BATCH, PROMPT_LEN, NEW_TOKENS = 256, 16, 16
 TARGET_TOKENS_PER_S = 80_000
 TARGET_SPEEDUP = 3.0
-# quoted from the project issue (TRL 1.16 + transformers 5.23, comparable 2-layer/64-dim GPT-2, same machine class)
-QUOTED_HF_CACHE, QUOTED_HF_NO_CACHE = 39_000, 4_900
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             C.status(fig["speedup_median_of_pairs"], TARGET_SPEEDUP, best=fig["speedup_best_vs_best"]),
         ),
     ]
-    quoted = [
-        C.row("HF generate with KV cache (quoted, not measured here)", "—", f"≈ {QUOTED_HF_CACHE:,} tok/s", "—"),
-        C.row("HF generate without cache (quoted, not measured here)", "—", f"≈ {QUOTED_HF_NO_CACHE:,} tok/s", "—"),
-    ]
     print(f"  seconds per call: cache median {fig['cache_seconds_median']:.4f} s, no cache {fig['no_cache_seconds_median']:.4f} s "
           f"({args.repeats} interleaved repeats)")
     print(f"  of the cached call, the prefill of the 256 x {PROMPT_LEN} prompt tokens (forward_tokens) takes "
@@ -119,15 +113,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{n_tokens} tokens at {fig['decode_tokens_per_s_median']:,.0f} tokens/s")
     C.print_rows(rows)
     print(f"  same random stream -> identical tokens in {same:.1%} of positions; max |log-prob diff| {max_lp:.1e}")
-    print(f"  context (quoted from the project issue, not measured by this script): HF generate ≈ {QUOTED_HF_CACHE:,} "
-          f"tok/s with cache, ≈ {QUOTED_HF_NO_CACHE:,} without; this run's cache is "
-          f"{fig['cache_tokens_per_s_median'] / QUOTED_HF_CACHE:.1f}x the quoted HF figure")
+    print("  (against Hugging Face generate on the same weights: bench_peers.py)")
     if args.profile:
         print(C.profile_table(lambda: run(True)))
     C.emit(NAME, {"device": str(device), "machine": C.machine_info(device), "parameters": model.num_parameters(),
                   "config": {"vocab_size": 16, "block_size": 32, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
                              "n_embd": cfg.n_embd},
-                  "figures": fig, "rows": rows, "quoted": quoted}, args.json)
+                  "figures": fig, "rows": rows}, args.json)
     return 0
 
 

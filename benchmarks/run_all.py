@@ -20,10 +20,14 @@ from pathlib import Path
 
 import _common as C
 
+#: name -> (script, extra arguments). The peers (Hugging Face generate, TRL's GRPOTrainer) need the parity
+#: extra; without it those two entries report "skipped".
 SCRIPTS = {
-    "sampling": "bench_sampling.py",
-    "rl_step": "bench_rl_step.py",
-    "reinforce_addition": "bench_reinforce_addition.py",
+    "sampling": ("bench_sampling.py", []),
+    "rl_step": ("bench_rl_step.py", []),
+    "peers": ("bench_peers.py", []),
+    "peers_2_threads": ("bench_peers.py", ["--threads", "2"]),
+    "reinforce_addition": ("bench_reinforce_addition.py", []),
 }
 
 
@@ -48,6 +52,86 @@ def source_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" (+ uncommitted changes in src/)" if dirty else "")
+
+
+def render_peers(r: dict | None) -> list[str]:
+    """The section of one ``bench_peers.py`` run (sampling and RL step against HF and TRL, FLOPs)."""
+    if not r or "skipped" in r:
+        return []
+    th = r["threads"]
+    v = r["versions"]
+    out = [f"## Against the peers, {th} thread{'s' if th > 1 else ''}", "",
+           f"One process, the two sides interleaved repeat by repeat: transformers {v['transformers']}, "
+           f"trl {v['trl']}, torch {v['torch']}; {r['repeats']} repeats"
+           + (f" of {r['steps']} RL steps each after {r['warmup']} warm-up steps" if "rl_step" in r else "")
+           + ". Seconds: min / median / max over repeats; ratio = peer median / policygrad median.", ""]
+    samp = r.get("sampling")
+    if samp:
+        rows = []
+        for P, x in samp["by_prompt_len"].items():
+            for name, f in x["variants"].items():
+                rows.append([P, name, f"{f['min']:.4f} / {f['median']:.4f} / {f['max']:.4f}",
+                             f"{f['tokens_per_s_median']:,.0f}"])
+            for name, q in x["ratios_of_medians"].items():
+                rows.append([P, f"ratio {name}", f"{q:.2f}x", ""])
+        worst = max(c["teacher_forced_max_abs_diff"] for c in samp["logit_check"].values())
+        out += [f"Sampling: {samp['batch']} prompts x {samp['new_tokens']} new tokens, `eos=None`; GPT-2 of the same "
+                f"shape holding TinyGPT's weights (logits agree to {worst:.1e}).", "",
+                table(["prompt", "variant", "seconds (min / median / max)", "tokens/s (median)"], rows), ""]
+    rl = r.get("rl_step")
+    if rl:
+        rows, flop_rows = [], []
+        for beta, x in rl["by_beta"].items():
+            for name, key in (("policygrad `train`", "policygrad_seconds_per_step"),
+                              ("TRL `GRPOTrainer`", "trl_seconds_per_step")):
+                f = x[key]
+                rows.append([f"{float(beta):g}", name, f"{f['min']:.4f} / {f['median']:.4f} / {f['max']:.4f}"])
+            rows.append([f"{float(beta):g}", "ratio TRL / policygrad", f"{x['ratio_of_medians_trl_over_policygrad']:.2f}x"])
+            fl = x["flops"]
+            parts = fl["policygrad_analytic"]["parts"]
+            flop_rows.append([f"{float(beta):g}", *(f"{parts[k] / 1e6:.0f}" for k in parts),
+                              f"{fl['policygrad_analytic']['total'] / 1e6:.0f}",
+                              f"{(fl['trl_flop_counter'] or 0) / 1e6:.0f}",
+                              f"{1e3 * fl['policygrad_floor_s_model_rate']:.1f}",
+                              f"{fl['policygrad_distance_from_floor_model_rate']:.1f}x",
+                              "—" if not fl["trl_distance_from_floor_model_rate"]
+                              else f"{fl['trl_distance_from_floor_model_rate']:.1f}x"])
+        name, rate = next(iter(rl["by_beta"].values()))["flops"]["floor_rate"].values()
+        out += ["One GRPO step from the addition warm start, 64 prompts x 8 completions, at most 4 new tokens, "
+                "seconds per step:", "", table(["beta", "side", "seconds per step (min / median / max)"], rows), "",
+                f"Matmul FLOPs of one step (MFLOP; policygrad counted from the shapes, TRL by `FlopCounterMode`) and "
+                f"the floor: the step's FLOPs at {rate:.1f} GFLOP/s, the fastest float32 matmul rate measured on the "
+                f"model's shapes ({name}) on this thread count.", "",
+                table(["beta", *[k.replace("_", " ") for k in parts], "policygrad total", "TRL total",
+                       "policygrad floor (ms)", "policygrad / floor", "TRL / its floor"], flop_rows), ""]
+    return out
+
+
+README = C.HERE.parent / "README.md"
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def readme_table(saved: dict) -> str:
+    """The README's performance table: every target row of the saved run, with its date and machine."""
+    results = saved["results"]
+    first = next((r for r in results.values() if "machine" in r), None)
+    m = first["machine"] if first else {"date": "?", "cpu": "?", "cpu_count": "?"}
+    rows = [r for name in SCRIPTS if name in results and "rows" in results[name] for r in results[name]["rows"]]
+    head = (f"Measured by `make bench` on {m['date']} ({m['cpu']}, {m['cpu_count']} cores, torch "
+            f"{m.get('torch', '?')}, commit {saved.get('revision', 'unknown')}); one thread unless the row says "
+            "two. Generated from `benchmarks/results.json` by `benchmarks/run_all.py`; details in "
+            "[`benchmarks/results.md`](benchmarks/results.md).")
+    return head + "\n\n" + table(["figure", "target", "measured (median)", "verdict"], fmt_rows(rows))
+
+
+def write_readme(saved: dict) -> bool:
+    """Replace the README's table between the bench-table markers; False if the markers are missing."""
+    text = README.read_text(encoding="utf-8")
+    a, b = text.find(START), text.find(END)
+    if a < 0 or b < a:
+        return False
+    README.write_text(text[: a + len(START)] + "\n" + readme_table(saved) + "\n" + text[b:], encoding="utf-8")
+    return True
 
 
 def render(results: dict[str, dict], device: str, load_before: str, load_after: str, wall: dict[str, float],
@@ -108,25 +192,8 @@ def render(results: dict[str, dict], device: str, load_before: str, load_after: 
         "",
     ]
 
-    quoted = [q for n in ("sampling", "rl_step") if results.get(n) and "quoted" in results[n] for q in results[n]["quoted"]]
-    if quoted:
-        out += [
-            "## Reference figures (quoted, not measured by these scripts)",
-            "",
-            "Quoted from the project issue: measured by the project on this machine class with TRL 1.16 + "
-            "transformers 5.23 on a comparable 2-layer / 64-dim GPT-2. They are context, not part of any verdict.",
-            "",
-            table(["figure", "quoted"], [[q["figure"].replace(" (quoted, not measured here)", ""), q["measured"]] for q in quoted]),
-            "",
-        ]
-        extra = []
-        if samp and "figures" in samp:
-            extra.append(f"this run's KV-cache sampling / quoted HF generate with cache: "
-                         f"{samp['figures']['cache_tokens_per_s_median'] / 39_000:.1f}x")
-        if step and "figures" in step:
-            extra.append(f"quoted TRL GRPO step / this run's RL step: {0.30 / step['figures']['seconds_per_step_median']:.1f}x")
-        if extra:
-            out += ["Ratios (different software, only indicative): " + "; ".join(extra) + ".", ""]
+    for name in ("peers", "peers_2_threads"):
+        out += render_peers(results.get(name))
 
     if samp and "figures" in samp:
         f = samp["figures"]
@@ -200,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(raw.read_text(encoding="utf-8"))
         out.write_text(render(saved["results"], saved["device"], saved["load_before"], saved["load_after"], saved["wall"],
                               saved.get("revision", "unknown")), encoding="utf-8")
+        if args.device == "cpu" and write_readme(saved):
+            print("[run_all] re-rendered the README's performance table")
         print(f"[run_all] re-rendered {out} from {raw}")
         return 0
     load_before, revision = C.load_average(), source_revision()
@@ -210,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             js = Path(tmp) / f"{name}.json"
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, str(C.HERE / SCRIPTS[name]), "--device", args.device, "--json", str(js)],
-                                  check=False)
+            script, extra = SCRIPTS[name]
+            proc = subprocess.run([sys.executable, str(C.HERE / script), "--device", args.device, "--json", str(js),
+                                   *extra], check=False)
             wall[name] = time.perf_counter() - t0
             if proc.returncode != 0 or not js.exists():
                 print(f"[run_all] {name} failed with exit status {proc.returncode}", file=sys.stderr)
@@ -219,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results[name] = json.loads(js.read_text(encoding="utf-8"))
     load_after = C.load_average()
-    raw.write_text(json.dumps({"device": args.device, "revision": revision, "load_before": load_before,
-                               "load_after": load_after, "wall": wall, "results": results}, indent=1), encoding="utf-8")
+    saved = {"device": args.device, "revision": revision, "load_before": load_before, "load_after": load_after,
+             "wall": wall, "results": results}
+    raw.write_text(json.dumps(saved, indent=1), encoding="utf-8")
     out.write_text(render(results, args.device, load_before, load_after, wall, revision), encoding="utf-8")
+    if args.device == "cpu" and set(args.only) == set(SCRIPTS) and write_readme(saved):
+        print("[run_all] wrote the README's performance table")
     print(f"[run_all] wrote {out} (figures as JSON: {raw})")
     return status
 
