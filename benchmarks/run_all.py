@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="markdown file to write (default benchmarks/results.md, or results-<device>.md off CPU)")
     args = p.parse_args(argv)
-    out = args.out or C.HERE / ("results.md" if args.device == "cpu" else f"results-{args.device}.md")
+    partial = set(args.only) != set(SCRIPTS) and not args.render_only
+    stem = ("results" if args.device == "cpu" else f"results-{args.device}") + ("-partial" if partial else "")
+    out = args.out or C.HERE / f"{stem}.md"  # a subset never overwrites the full run the README quotes
     raw = out.with_suffix(".json")
     if args.render_only:
         saved = json.loads(raw.read_text(encoding="utf-8"))
