@@ -53,6 +53,7 @@ lab: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src
 
 ## bench: the performance benchmarks (one CPU thread, ~5 min), written to benchmarks/results.md; not part of `make test`
 bench: install

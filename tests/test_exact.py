@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 import policygrad as pg
-from policygrad.exact import MAX_ENUMERATION, ExactProblem, enumerate_completions, flat_grad, flat_params
+from policygrad.exact import (
+    MAX_ENUMERATION,
+    ExactProblem,
+    enumerate_completions,
+    flat_grad,
+    flat_params,
+)
 
 # -- helpers ---------------------------------------------------------------------------------------------
 

@@ -29,7 +29,14 @@ from policygrad.exact.group import (
     zero_variance_probability,
 )
 from policygrad.lm.tasks import Problem, exact_problem, make_task, success_probabilities
-from policygrad.methods import Method, get_method, grpo, grpo_advantages, grpo_loss, rlhf_ppo
+from policygrad.methods import (
+    Method,
+    get_method,
+    grpo,
+    grpo_advantages,
+    grpo_loss,
+    rlhf_ppo,
+)
 from policygrad.reward_side import group_step_advantages
 from policygrad.rollout import RolloutBatch
 from policygrad.toy import TabularPolicy

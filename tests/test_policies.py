@@ -7,7 +7,11 @@ import torch
 
 import policygrad as pg
 from policygrad.toy import TabularPolicy
-from policygrad.trajectory_side import sequence_log_probs, token_entropy, token_log_probs
+from policygrad.trajectory_side import (
+    sequence_log_probs,
+    token_entropy,
+    token_log_probs,
+)
 
 
 def _problem(policy: TabularPolicy) -> pg.ExactProblem:

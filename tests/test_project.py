@@ -119,20 +119,6 @@ def test_stored_notebooks_are_executed_and_clean():
                     raise AssertionError(f"{md.name}: code cell {i} wrote to stderr: {text[:300]}")
 
 
-def test_docstring_book_references_exist():
-    """Every {ref}`sec-...` / {eq}`eq-...` in the package's docstrings names a label defined in the book."""
-    used = set()
-    for py in (ROOT / "src" / "policygrad").glob("*.py"):
-        used |= set(re.findall(r"\{(?:ref|eq)\}`([^`]+)`", py.read_text(encoding="utf-8")))
-    defined = set()
-    for page in BOOK.glob("*.md"):
-        text = page.read_text(encoding="utf-8")
-        defined |= set(re.findall(r"^\(([A-Za-z0-9_-]+)\)=\s*$", text, flags=re.M))
-        defined |= set(re.findall(r"^:label:\s*(\S+)\s*$", text, flags=re.M))
-    missing = sorted(used - defined)
-    assert not missing, f"package docstrings point to book labels that do not exist: {missing}"
-
-
 def _mini_book(tmp_path: Path, body: str) -> Path:
     (tmp_path / "book").mkdir()
     shutil.copy(BOOK / "references.bib", tmp_path / "book" / "references.bib")

@@ -6,7 +6,13 @@ import torch
 
 import policygrad as pg
 from policygrad.lm.tinygpt import TinyGPTCritic
-from policygrad.reward_side import clipped_value_loss, gae, kl_shaped_rewards, terminal_to_steps, whiten
+from policygrad.reward_side import (
+    clipped_value_loss,
+    gae,
+    kl_shaped_rewards,
+    terminal_to_steps,
+    whiten,
+)
 
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
 

@@ -119,12 +119,23 @@ def test_get_device_rejects_bad_names(name):
 
 
 def test_show_source_returns_the_package_source():
+    """A fenced python block (highlighted in Jupyter and in the MyST book), the source verbatim."""
+    import inspect
+
     code = pg.show_source(pg.reward_side.gae)
     text = code.data if hasattr(code, "data") else code
-    assert text.lstrip().startswith("def gae(")
-    assert "lam = check_unit_interval(lam" in text
+    assert text.startswith("```python\ndef gae(") and text.endswith("\n```")
+    assert text[len("```python\n") : -len("\n```")] == inspect.getsource(pg.reward_side.gae).rstrip()
     cls = pg.show_source(pg.TabularPolicy)
     assert "class TabularPolicy" in (cls.data if hasattr(cls, "data") else cls)
+
+
+def test_show_source_fence_is_longer_than_any_backtick_run_inside():
+    def f():
+        """Has ``` inside."""
+
+    text = pg.show_source(f).data
+    assert text.startswith("````python\n") and text.endswith("\n````")
 
 
 @pytest.mark.parametrize("obj", [5, "gae", None])

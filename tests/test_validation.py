@@ -28,7 +28,12 @@ from policygrad.exact import group as ge
 from policygrad.lm import pretrained
 from policygrad.lm.pretrained import checkpoint_path, load_warm_start
 from policygrad.lm.tinygpt import KVCache
-from policygrad.toy import TabularPolicy, contextual_bandit, target_sequence_task, variable_length_task
+from policygrad.toy import (
+    TabularPolicy,
+    contextual_bandit,
+    target_sequence_task,
+    variable_length_task,
+)
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 

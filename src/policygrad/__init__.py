@@ -1,18 +1,23 @@
-"""policygrad: LLM policy optimization from first principles — the package behind the book.
+"""policygrad: LLM policy optimization from first principles (the book's package).
 
-The layout follows the two factors of :math:`J(\\theta)=\\mathbb E_{\\tau\\sim p_\\theta}[R(\\tau)]` and the
-book's layers, each depending only on those listed before it:
+The layout follows the two factors of
 
-* low level: :mod:`policygrad.utils` (seeds, devices), :mod:`policygrad.numeric_path`, and the private
-  validation and tensor helpers;
-* :mod:`policygrad.rollout` — the batch every estimator consumes;
-* :mod:`policygrad.trajectory_side` — how the score is formed: log-probs, ratios, clipping, aggregation, KL;
-* :mod:`policygrad.reward_side` — what multiplies it: returns, GAE, baselines, normalisers, shaping;
-* :mod:`policygrad.methods` — the :class:`Method` type, the registry, one module per family;
-* :mod:`policygrad.exact` — every expectation computed exactly on small problems;
-* :mod:`policygrad.toy` (tabular policy, enumerable tasks) and :mod:`policygrad.lm` (TinyGPT, tasks,
-  warm starts);
-* :mod:`policygrad.diagnostics`, :mod:`policygrad.train`, :mod:`policygrad.plotting`.
+    J(θ) = E_{τ ~ p_θ}[R(τ)]
+
+and the book's layers, each depending only on those listed before it:
+
+* low level: `policygrad.utils` (seeds, devices), `policygrad.numeric_path`, and the
+  private validation and tensor helpers;
+* `policygrad.rollout` — the batch every estimator consumes;
+* `policygrad.trajectory_side` — how the score is formed: log-probs, ratios, clipping,
+  aggregation, KL;
+* `policygrad.reward_side` — what multiplies it: returns, GAE, baselines, normalisers,
+  shaping;
+* `policygrad.methods` — the `Method` type, the registry, one module per family;
+* `policygrad.exact` — every expectation computed exactly on small problems;
+* `policygrad.toy` (tabular policy, enumerable tasks) and `policygrad.lm` (TinyGPT,
+  tasks, warm starts);
+* `policygrad.diagnostics`, `policygrad.train`, `policygrad.plotting`.
 """
 
 from . import (

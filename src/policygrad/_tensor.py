@@ -1,8 +1,9 @@
-"""Low-level tensor helpers used by every layer above: masking by selection, flat parameters and gradients.
+"""Low-level tensor helpers: masking by selection, flat parameters and gradients.
 
-Masks select; they never multiply. ``x * mask`` turns a NaN or an infinity on a padded position into a
-NaN in the result (``inf * 0 = nan``) and, through autograd, into a NaN gradient; ``torch.where(mask, x, 0)``
-drops it in the forward pass and gives exactly zero gradient there.
+Every layer above uses them. Masks select; they never multiply. `x * mask` turns a NaN
+or an infinity on a padded position into a NaN in the result (`inf * 0 = nan`) and,
+through autograd, into a NaN gradient; `torch.where(mask, x, 0)` drops it in the forward
+pass and gives exactly zero gradient there.
 """
 
 from __future__ import annotations
@@ -11,22 +12,37 @@ import torch
 
 from ._checks import check_tensor
 
-__all__ = ["select", "masked_sum", "masked_mean", "compute_dtype", "flat_params", "flat_grad"]
+__all__ = [
+    "select",
+    "masked_sum",
+    "masked_mean",
+    "compute_dtype",
+    "flat_params",
+    "flat_grad",
+]
 
 
 def select(x: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """``x`` where ``mask`` is nonzero, ``fill`` elsewhere (by selection: padded values never propagate)."""
-    return torch.where(mask != 0, x, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+    """`x` where `mask` is nonzero, `fill` elsewhere.
+
+    By selection: padded values never propagate.
+    """
+    return torch.where(
+        mask != 0, x, torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    )
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """Sum of ``x`` over the positions where ``mask`` is nonzero (all of them, or along ``dim``)."""
+    """Sum of `x` over the positions where `mask` is nonzero (all, or along `dim`)."""
     s = select(x, mask)
     return s.sum() if dim is None else s.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is nonzero; 0 (never NaN) where it selects nothing."""
+    """Mean of `x` over the positions where `mask` is nonzero.
+
+    0 (never NaN) where it selects nothing.
+    """
     n = (mask != 0).to(x.dtype)
     n = n.sum() if dim is None else n.sum(dim)
     return masked_sum(x, mask, dim) / n.clamp_min(1.0)
@@ -35,24 +51,37 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
 def compute_dtype(*xs: torch.Tensor) -> torch.dtype:
     """The dtype losses are computed in: float64 if any input is float64, else float32.
 
-    Half-precision inputs (float16, bfloat16) are promoted: ``exp`` of a log-ratio of 12 already overflows
-    float16, and a sum over thousands of tokens loses every digit in bfloat16. Gradients flow back into
-    the inputs in their own dtype.
+    Half-precision inputs (float16, bfloat16) are promoted: `exp` of a log-ratio of 12
+    already overflows float16, and a sum over thousands of tokens loses every digit in
+    bfloat16. Gradients flow back into the inputs in their own dtype.
     """
     return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
 
 
 def flat_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The trainable parameters of ``module`` in a fixed order (the order of every flat gradient)."""
+    """The trainable parameters of `module` in a fixed order.
+
+    That order is the order of every flat gradient.
+    """
     return [p for p in module.parameters() if p.requires_grad]
 
 
 def flat_grad(
     scalar: torch.Tensor, params: list[torch.Tensor], *, create_graph: bool = False
 ) -> torch.Tensor:
-    """Gradient of a scalar w.r.t. ``params`` as one flat vector ``(P,)`` (zeros for unused params)."""
+    """Gradient of a scalar w.r.t. `params` as one flat vector `(P,)`.
+
+    Zeros for unused params.
+    """
     check_tensor(scalar, "scalar")
     if scalar.numel() != 1:
         raise ValueError(f"flat_grad needs a scalar, got shape {tuple(scalar.shape)}")
-    grads = torch.autograd.grad(scalar, params, allow_unused=True, create_graph=create_graph)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
+    grads = torch.autograd.grad(
+        scalar, params, allow_unused=True, create_graph=create_graph
+    )
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for p, g in zip(params, grads, strict=True)
+        ]
+    )

@@ -1,6 +1,6 @@
-"""Monte Carlo gradient estimates against the exact gradient: bias, variance, cosine, relative error.
+"""Monte Carlo gradient estimates against the exact gradient.
 
-Introduced in {ref}`sec-reinforce-unbiased`.
+Bias, variance, cosine, relative error. Introduced in chapter 2 ("Unbiased").
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ __all__ = [
 ]
 
 
-def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
-    """Compare ``M`` independent estimates ``(M, P)`` with the exact gradient ``(P,)``.
+def gradient_error_stats(
+    estimates: torch.Tensor, exact: torch.Tensor
+) -> dict[str, float]:
+    """Compare `M` independent estimates `(M, P)` with the exact gradient `(P,)`.
 
     Returns a dict with
 
-    * ``bias_norm`` :math:`\\lVert \\bar g - \\nabla J\\rVert` and ``bias_se``, its Monte Carlo noise level
-      :math:`\\sqrt{\\mathrm{tr\\,Cov}/M}` (an unbiased estimator has ``bias_norm`` of the order of ``bias_se``);
-    * ``variance``: total variance :math:`\\mathrm{tr}\\,\\mathrm{Cov}[g]` (unbiased, divides by ``M-1``);
-    * ``mse`` :math:`\\mathbb E\\lVert g-\\nabla J\\rVert^2`, ``relative_error`` :math:`\\sqrt{\\mathrm{mse}}/\\lVert\\nabla J\\rVert`;
-    * ``cosine``: mean cosine similarity between each estimate and :math:`\\nabla J`.
+    * `bias_norm` ‖ḡ - ∇J‖ (ḡ: mean estimate) and `bias_se`, its Monte Carlo
+      noise level √(tr Cov / M) (an unbiased estimator has `bias_norm` of the
+      order of `bias_se`);
+    * `variance`: total variance tr Cov[g] (unbiased, divides by `M-1`);
+    * `mse` E‖g - ∇J‖^2, `relative_error` √mse / ‖∇J‖;
+    * `cosine`: mean cosine similarity between each estimate and ∇J.
     """
     check_tensor(estimates, "estimates", 2)
     check_tensor(exact, "exact", 1)
@@ -46,7 +49,10 @@ def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[s
         if x.dtype == torch.bool or x.is_complex():
             raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
     if estimates.shape[1] != exact.shape[0]:
-        raise ValueError(f"estimates (M, P) and exact (P,) disagree: {tuple(estimates.shape)} vs {tuple(exact.shape)}")
+        raise ValueError(
+            "estimates (M, P) and exact (P,) disagree: "
+            f"{tuple(estimates.shape)} vs {tuple(exact.shape)}"
+        )
     if estimates.shape[0] < 2:
         raise ValueError("need at least 2 estimates to measure a variance")
     check_finite(estimates, "estimates")
@@ -75,11 +81,20 @@ def gradient_error_stats(estimates: torch.Tensor, exact: torch.Tensor) -> dict[s
 
 
 def collect_estimates(
-    estimate_fn: Callable[[int, torch.Generator], torch.Tensor], n: int, trials: int, seed: int = 0
+    estimate_fn: Callable[[int, torch.Generator], torch.Tensor],
+    n: int,
+    trials: int,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Call ``estimate_fn(n, generator)`` ``trials`` times with independent seeded generators: ``(trials, P)``."""
+    """Call `estimate_fn(n, generator)` `trials` times: the estimates, `(trials, P)`.
+
+    Each call gets its own independently seeded generator.
+    """
     if not callable(estimate_fn):
-        raise ValueError(f"estimate_fn must be a callable (n, generator) -> (P,), got {type(estimate_fn).__name__}")
+        raise ValueError(
+            "estimate_fn must be a callable (n, generator) -> (P,), "
+            f"got {type(estimate_fn).__name__}"
+        )
     check_positive_int(n, "n")
     check_positive_int(trials, "trials")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -89,10 +104,15 @@ def collect_estimates(
         g = torch.Generator().manual_seed(seed * 1_000_003 + k)
         est = estimate_fn(n, g)
         if not isinstance(est, torch.Tensor):
-            raise ValueError(f"estimate_fn must return a tensor, got {type(est).__name__}")
+            raise ValueError(
+                f"estimate_fn must return a tensor, got {type(est).__name__}"
+            )
         est = est.detach().reshape(-1)
         if out and est.shape != out[0].shape:
-            raise ValueError(f"estimate_fn returned {est.numel()} numbers in trial {k} but {out[0].numel()} before")
+            raise ValueError(
+                f"estimate_fn returned {est.numel()} numbers in trial {k} "
+                f"but {out[0].numel()} before"
+            )
         out.append(est)
     return torch.stack(out)
 
@@ -104,14 +124,19 @@ def convergence(
     trials: int = 50,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """:func:`gradient_error_stats` for each batch size in ``ns`` (one row per ``n``, with key ``"n"``)."""
+    """`gradient_error_stats` for each batch size in `ns`.
+
+    One row per `n`, with key `"n"`.
+    """
     if isinstance(ns, (str, bytes)) or not isinstance(ns, Sequence) or len(ns) == 0:
         raise ValueError(f"ns must list at least one batch size, got {ns!r}")
     for n in ns:
         check_positive_int(n, "every batch size in ns")
     rows = []
     for n in ns:
-        stats = gradient_error_stats(collect_estimates(estimate_fn, n, trials, seed), exact)
+        stats = gradient_error_stats(
+            collect_estimates(estimate_fn, n, trials, seed), exact
+        )
         rows.append({"n": int(n), **stats})
     return rows
 
@@ -121,20 +146,30 @@ def sampled_estimator(
     policy: torch.nn.Module,
     weights_fn: Callable[[Samples, torch.Tensor], torch.Tensor],
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """Turn a reward-side recipe into a Monte Carlo gradient estimator ``estimate(n, generator) -> (P,)``.
+    """Turn a reward-side recipe into a Monte Carlo gradient estimator.
 
-    Each call draws ``n`` prompts from :math:`\\rho`, one completion each from ``policy``, looks up their
-    rewards (``(n,)`` terminal or ``(n, T)`` per step), asks ``weights_fn(samples, rewards)`` for the
-    ``(n, T)`` weights :math:`w_{i,t}` and returns the gradient of the REINFORCE surrogate
-    (:func:`policygrad.trajectory_side.score_function_gradient`). The result plugs into
-    :func:`collect_estimates` and :func:`convergence`. Introduced in {ref}`sec-reinforce-unbiased`.
+    The estimator is `estimate(n, generator) -> (P,)`. Each call draws `n` prompts from
+    ρ, one completion each from `policy`, looks up their rewards (`(n,)` terminal or
+    `(n, T)` per step), asks `weights_fn(samples, rewards)` for the `(n, T)` weights
+    w_{i,t} and returns the gradient of the REINFORCE surrogate
+    (`policygrad.trajectory_side.score_function_gradient`). The result plugs into
+    `collect_estimates` and `convergence`. Introduced in chapter 2 ("Unbiased").
     """
     if not isinstance(problem, ExactProblem):
-        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
-    if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
-        raise ValueError(f"policy must be a torch.nn.Module with a sample method, got {type(policy).__name__}")
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    if not isinstance(policy, torch.nn.Module) or not callable(
+        getattr(policy, "sample", None)
+    ):
+        raise ValueError(
+            "policy must be a torch.nn.Module with a sample method, "
+            f"got {type(policy).__name__}"
+        )
     if not callable(weights_fn):
-        raise ValueError("weights_fn must be a callable (samples, rewards) -> weights (B, T)")
+        raise ValueError(
+            "weights_fn must be a callable (samples, rewards) -> weights (B, T)"
+        )
 
     def estimate(n: int, generator: torch.Generator) -> torch.Tensor:
         prompts = problem.sample_prompts(n, generator)
@@ -145,14 +180,18 @@ def sampled_estimator(
     return estimate
 
 
-def exact_bias_variance(problem: ExactProblem, policy: torch.nn.Module, weights: torch.Tensor) -> tuple[float, float]:
-    """Exact bias norm :math:`\\lVert\\mathbb E[g]-\\nabla J\\rVert` and total variance of a one-sample estimator.
+def exact_bias_variance(
+    problem: ExactProblem, policy: torch.nn.Module, weights: torch.Tensor
+) -> tuple[float, float]:
+    """Exact bias norm ‖E[g] - ∇J‖ and total variance of a one-sample estimator.
 
-    weights: ``(N, K)`` or ``(N, K, L)`` over the enumeration, as in
-    :meth:`policygrad.exact.ExactProblem.estimator_moments`. No sampling is involved.
+    `weights`: `(N, K)` or `(N, K, L)` over the enumeration, as in
+    `policygrad.exact.ExactProblem.estimator_moments`. No sampling is involved.
     """
     if not isinstance(problem, ExactProblem):
-        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
     mean, variance = problem.estimator_moments(policy, weights)
     return float((mean - problem.gradient(policy).to(mean.device)).norm()), variance
 
@@ -166,27 +205,40 @@ def method_gradient_estimator(
     max_new_tokens: int | None = None,
     group_size: int = 1,
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """A registered method's gradient estimate on a language-model task, as ``estimate(n, generator) -> (P,)``.
+    """A registered method's gradient estimate on a language-model task.
 
-    Each call draws ``n`` prompts uniformly from ``problems`` (the uniform :math:`\\rho` of
-    :func:`policygrad.lm.tasks.exact_problem`), samples ``group_size`` completions of at most
-    ``max_new_tokens`` (default the task's) for each, scores them with the task's reward, builds the
-    :class:`policygrad.rollout.RolloutBatch` and returns :math:`-\\nabla` of the method's loss — the exact
-    computation one step of :func:`policygrad.train.train` makes, without the optimiser (a method with a
-    reference KL term gets the policy itself as the reference: the term is 0 with a zero gradient). Compare it with
-    :meth:`policygrad.exact.ExactProblem.gradient` of ``exact_problem(task, problems, max_new_tokens)``.
-    Introduced in {ref}`sec-tinylm-exact`.
+    Returned as `estimate(n, generator) -> (P,)`. Each call draws `n` prompts uniformly
+    from `problems` (the uniform ρ of `policygrad.lm.tasks.exact_problem`), samples
+    `group_size` completions of at most `max_new_tokens` (default the task's) for each,
+    scores them with the task's reward, builds the `policygrad.rollout.RolloutBatch` and
+    returns -∇ of the method's loss — the exact computation one step of
+    `policygrad.train.train` makes, without the optimiser (a method with a reference KL
+    term gets the policy itself as the reference: the term is 0 with a zero gradient).
+    Compare it with `policygrad.exact.ExactProblem.gradient` of
+    `exact_problem(task, problems, max_new_tokens)`. Introduced in chapter 4 (the
+    section on exact J and ∇_θ J on a transformer).
     """
-    from .lm.tasks import Task  # local import: lm_tasks imports this module's dependencies
+    # local import: lm_tasks imports this module's dependencies
+    from .lm.tasks import Task
     from .methods.base import get_method
 
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task, got {type(task).__name__}")
-    if not isinstance(policy, torch.nn.Module) or next(policy.parameters(), None) is None:
-        raise ValueError(f"policy must be a torch.nn.Module with parameters, got {type(policy).__name__}")
+    if (
+        not isinstance(policy, torch.nn.Module)
+        or next(policy.parameters(), None) is None
+    ):
+        raise ValueError(
+            "policy must be a torch.nn.Module with parameters, "
+            f"got {type(policy).__name__}"
+        )
     problems = task._check_problems(problems)
     method = get_method(method)
-    T = task.max_new_tokens if max_new_tokens is None else check_positive_int(max_new_tokens, "max_new_tokens")
+    T = (
+        task.max_new_tokens
+        if max_new_tokens is None
+        else check_positive_int(max_new_tokens, "max_new_tokens")
+    )
     G = check_positive_int(group_size, "group_size")
     device = next(policy.parameters()).device
     all_prompts = task.encode_prompts(problems).to(device)
@@ -194,49 +246,69 @@ def method_gradient_estimator(
     def estimate(n: int, generator: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(problems), (n,), generator=generator)
         samples = policy.sample(
-            all_prompts[idx.to(device)], max_new_tokens=T, eos=task.tokenizer.eos_id, generator=generator, group_size=G
+            all_prompts[idx.to(device)],
+            max_new_tokens=T,
+            eos=task.tokenizer.eos_id,
+            generator=generator,
+            group_size=G,
         )
         reps = [problems[i] for i in idx.tolist() for _ in range(G)]
         rewards = task.rewards(reps, samples.completions, samples.mask)
-        ref = samples.log_probs if method.needs_reference else None  # the policy is its own reference
-        batch = RolloutBatch.from_samples(samples, rewards, group_size=G, ref_log_probs=ref)
-        logp = token_log_probs(policy(batch.prompts, batch.completions), batch.completions) * batch.mask
+        # the policy is its own reference
+        ref = samples.log_probs if method.needs_reference else None
+        batch = RolloutBatch.from_samples(
+            samples, rewards, group_size=G, ref_log_probs=ref
+        )
+        logp = (
+            token_log_probs(policy(batch.prompts, batch.completions), batch.completions)
+            * batch.mask
+        )
         loss, _ = method.loss(logp, batch, method.advantages(batch))
         return -flat_grad(loss, flat_params(policy)).detach()
 
     return estimate
 
 
-#: The surrogates :func:`reuse_gradients` compares.
+#: The surrogates `reuse_gradients` compares.
 REUSE_SURROGATES = ("naive", "sequence_is", "token_is")
 
 
-def reuse_gradients(problem: ExactProblem, policy: torch.nn.Module, sampler: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What reusing a batch sampled by ``sampler`` estimates once ``policy`` has moved away from it: exact expected
-    gradients ``(P,)`` of three surrogates (the sampler's completions held fixed) next to :math:`\\nabla J(\\theta)`.
+def reuse_gradients(
+    problem: ExactProblem, policy: torch.nn.Module, sampler: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """What reusing a batch sampled by `sampler` estimates once `policy` has moved away.
 
-    With :math:`x\\sim\\rho`, :math:`y\\sim p_\\text{old}` (the sampler) and the sampler's advantage
-    :math:`A = R(x, y) - J(\\theta_\\text{old})`:
+    Exact expected gradients `(P,)` of three surrogates (the sampler's completions held
+    fixed) next to ∇J(θ). With x ~ ρ, y ~ p_old (the sampler) and the sampler's
+    advantage A = R(x, y) - J(θ_old):
 
-    * ``"naive"``: :math:`\\mathbb E_\\text{old}[A \\log p_\\theta(y\\mid x)]` — the REINFORCE surrogate, no correction;
-    * ``"sequence_is"``: :math:`\\mathbb E_\\text{old}[\\tfrac{p_\\theta(y\\mid x)}{p_\\text{old}(y\\mid x)} A]` — sequence-level
-      importance sampling, whose gradient is :math:`\\nabla J(\\theta)` exactly;
-    * ``"token_is"``: :math:`\\mathbb E_\\text{old}[\\sum_t m_t \\tfrac{\\pi_\\theta(y_t\\mid s_t)}{\\pi_\\text{old}(y_t\\mid s_t)} A]` — PPO's
+    * `"naive"`: E_old[A log p_θ(y | x)] — the REINFORCE surrogate, no correction;
+    * `"sequence_is"`: E_old[(p_θ(y | x) / p_old(y | x)) A] — sequence-level
+      importance sampling, whose gradient is ∇J(θ) exactly;
+    * `"token_is"`: E_old[Σ_t m_t (π_θ(y_t | s_t) / π_old(y_t | s_t)) A] — PPO's
       unclipped surrogate with token ratios summed over the completion;
-    * ``"exact"``: :math:`\\nabla J(\\theta)`.
+    * `"exact"`: ∇J(θ).
 
-    At ``policy == sampler`` all four are equal. Derived in {ref}`sec-ppo-reuse`.
+    At `policy == sampler` all four are equal. Derived in chapter 5 ("What a reused
+    batch estimates").
     """
     if not isinstance(problem, ExactProblem):
-        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
     for name, m in (("policy", policy), ("sampler", sampler)):
         if not isinstance(m, torch.nn.Module):
-            raise ValueError(f"{name} must be a torch.nn.Module policy, got {type(m).__name__}")
+            raise ValueError(
+                f"{name} must be a torch.nn.Module policy, got {type(m).__name__}"
+            )
     params = flat_params(policy)
     with torch.no_grad():
         old_tok = problem.token_log_probs(sampler)  # (N, K, L)
         A = problem.returns().to(old_tok.dtype) - problem.objective(sampler)  # (N, K)
-        weight = problem.prompt_probs.to(old_tok.dtype).unsqueeze(1) * old_tok.sum(-1).exp()  # rho(x) p_old(y|x)
+        # rho(x) p_old(y|x)
+        weight = (
+            problem.prompt_probs.to(old_tok.dtype).unsqueeze(1) * old_tok.sum(-1).exp()
+        )
     m = problem.mask.to(old_tok.dtype)
     surrogates = {
         "naive": lambda tok: tok.sum(-1) * A,
@@ -244,7 +316,8 @@ def reuse_gradients(problem: ExactProblem, policy: torch.nn.Module, sampler: tor
         "token_is": lambda tok: ((tok - old_tok).exp() * m).sum(-1) * A,
     }
     out = {}
-    for name in REUSE_SURROGATES:  # one forward each: every gradient needs its own graph
+    # one forward each: every gradient needs its own graph
+    for name in REUSE_SURROGATES:
         value = (weight * surrogates[name](problem.token_log_probs(policy))).sum()
         out[name] = flat_grad(value, params).detach()
     out["exact"] = problem.gradient(policy)

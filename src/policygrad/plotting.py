@@ -1,4 +1,7 @@
-"""One figure style for the whole book: learning curves with seed bands, convergence plots, the map."""
+"""One figure style for the whole book.
+
+Learning curves with seed bands, convergence plots, the map.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,16 @@ import numpy as np
 __all__ = ["set_style", "COLORS", "seed_band", "loglog_with_slope", "two_factor_map"]
 
 #: Colour cycle used by every figure (colour-blind friendly, Okabe–Ito).
-COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+COLORS = [
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#F0E442",
+    "#000000",
+]
 
 
 def set_style() -> None:
@@ -34,8 +46,13 @@ def set_style() -> None:
     )
 
 
-def seed_band(ax, x, curves, *, label: str | None = None, color=None, band: str = "minmax"):
-    """Plot the mean of ``curves (S, T)`` over seeds with a shaded band (``"minmax"`` or ``"std"``)."""
+def seed_band(
+    ax, x, curves, *, label: str | None = None, color=None, band: str = "minmax"
+):
+    """Plot the mean of `curves (S, T)` over seeds with a shaded band.
+
+    `band` is `"minmax"` or `"std"`.
+    """
     ys = np.asarray(curves, dtype=float)
     if ys.ndim != 2:
         raise ValueError(f"curves must be 2-D (seeds, steps), got shape {ys.shape}")
@@ -52,22 +69,40 @@ def seed_band(ax, x, curves, *, label: str | None = None, color=None, band: str 
     return line
 
 
-def loglog_with_slope(ax, ns, values, *, label: str | None = None, slope: float = -0.5, ref_label: bool = True):
-    """Plot ``values`` against ``ns`` on log–log axes with a reference line of the given slope."""
+def loglog_with_slope(
+    ax,
+    ns,
+    values,
+    *,
+    label: str | None = None,
+    slope: float = -0.5,
+    ref_label: bool = True,
+):
+    """Plot `values` against `ns` on log–log axes.
+
+    Also draws a dashed reference line of the given `slope`.
+    """
     ns = np.asarray(ns, dtype=float)
     vals = np.asarray(values, dtype=float)
     if ns.shape != vals.shape or ns.ndim != 1 or len(ns) < 2:
-        raise ValueError("ns and values must be 1-D arrays of the same length (at least 2)")
+        raise ValueError(
+            "ns and values must be 1-D arrays of the same length (at least 2)"
+        )
     (line,) = ax.loglog(ns, vals, "o-", label=label)
     ref = vals[0] * (ns / ns[0]) ** slope
-    ax.loglog(ns, ref, "--", color="gray", label=f"slope {slope:g}" if ref_label else None)
+    ax.loglog(
+        ns, ref, "--", color="gray", label=f"slope {slope:g}" if ref_label else None
+    )
     return line
 
 
-def two_factor_map(ax, entries: Sequence[tuple[str, float, float]], *, title: str | None = None):
-    """The book's map: each entry ``(name, reward_side, trajectory_side)`` placed on the two axes.
+def two_factor_map(
+    ax, entries: Sequence[tuple[str, float, float]], *, title: str | None = None
+):
+    """The book's map: each entry `(name, reward_side, trajectory_side)` on two axes.
 
-    Coordinates say how much a method changes each factor (0 = leaves it as in REINFORCE).
+    Coordinates say how much a method changes each factor (0 = leaves it as in
+    REINFORCE).
     """
     for k, (name, xr, yt) in enumerate(entries):
         ax.scatter([xr], [yt], color=COLORS[k % len(COLORS)], zorder=3)

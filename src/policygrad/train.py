@@ -1,10 +1,11 @@
 """Training loops.
 
-* Part I: :func:`train_toy_reinforce` — REINFORCE on an enumerable toy with the exact objective logged
-  every step (introduced in {ref}`sec-reinforce-training`), and :func:`exact_gradient_ascent`.
-* From chapter 04 on: :func:`train` — the RL loop for a language-model policy on a verifiable task, for any
-  registered :class:`policygrad.methods.Method`, with its metrics in a :class:`History`
-  (introduced in {ref}`sec-tinylm-loop`).
+* Part I: `train_toy_reinforce` — REINFORCE on an enumerable toy with the exact
+  objective logged every step, introduced in chapter 2 ("REINFORCE training on the
+  toy"); and `exact_gradient_ascent`.
+* From chapter 04 on: `train` — the RL loop for a language-model policy on a
+  verifiable task, for any registered `policygrad.methods.Method`, with its metrics in a
+  `History`; introduced in chapter 4 ("The training loop").
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ __all__ = [
     "k3_kl",
 ]
 
-#: Baselines accepted by :func:`train_toy_reinforce`.
+#: Baselines accepted by `train_toy_reinforce`.
 BASELINES = ("none", "leave_one_out", "learned")
 
 
@@ -61,17 +62,17 @@ def train_toy_reinforce(
     value_lr: float = 0.2,
     seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Train ``policy`` with REINFORCE by plain SGD and log the *exact* objective after every step.
+    """Train `policy` with REINFORCE by plain SGD; log the *exact* objective every step.
 
-    Each step samples ``batch_size`` prompts from :math:`\\rho` and one completion each, weights the
-    score with :func:`policygrad.reward_side.reinforce_weights` and ascends the surrogate.
+    Each step samples `batch_size` prompts from ρ and one completion each, weights the
+    score with `policygrad.reward_side.reinforce_weights` and ascends the surrogate.
 
-    baseline: ``"none"``; ``"leave_one_out"`` — the mean return of the *other* samples of the batch
-    (independent of the sample it is subtracted from, so unbiased); ``"learned"`` — a
-    :class:`policygrad.reward_side.TabularValue` per state :math:`s_t`, fitted after each step on that
-    step's returns (so it is applied only to later samples).
+    `baseline`: `"none"`; `"leave_one_out"` — the mean return of the *other* samples
+    of the batch (independent of the sample it is subtracted from, so unbiased);
+    `"learned"` — a `policygrad.reward_side.TabularValue` per state s_t, fitted after
+    each step on that step's returns (so it is applied only to later samples).
 
-    Returns a history dict with lists ``step``, ``objective`` (exact :math:`J`) and ``mean_reward``.
+    Returns a history dict with lists `step`, `objective` (exact J) and `mean_reward`.
     """
     check_positive_int(steps, "steps")
     check_positive_int(batch_size, "batch_size")
@@ -84,14 +85,24 @@ def train_toy_reinforce(
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(policy.parameters(), lr=lr)
     device = policy.logits_table.device
-    value = TabularValue(policy.num_prompts * policy.num_prefixes).to(device) if baseline == "learned" else None
+    value = (
+        TabularValue(policy.num_prompts * policy.num_prefixes).to(device)
+        if baseline == "learned"
+        else None
+    )
     with torch.no_grad():
-        history = {"step": [0], "objective": [float(problem.objective(policy))], "mean_reward": [float("nan")]}
+        history = {
+            "step": [0],
+            "objective": [float(problem.objective(policy))],
+            "mean_reward": [float("nan")],
+        }
     for step in range(1, steps + 1):
         prompts = problem.sample_prompts(batch_size, g)
         samples = policy.sample(prompts, generator=g)
         rewards = problem.rewards_for(prompts, samples.completions)
-        per_token = reinforce_weights(rewards, samples.mask, reward_to_go=reward_to_go, gamma=problem.gamma)
+        per_token = reinforce_weights(
+            rewards, samples.mask, reward_to_go=reward_to_go, gamma=problem.gamma
+        )
         if baseline == "leave_one_out":
             b = leave_one_out_baseline(per_token)
         elif baseline == "learned":
@@ -100,7 +111,9 @@ def train_toy_reinforce(
         else:
             b = torch.zeros_like(per_token)
         weights = (per_token - b) * samples.mask
-        logp = token_log_probs(policy(samples.prompts, samples.completions), samples.completions)
+        logp = token_log_probs(
+            policy(samples.prompts, samples.completions), samples.completions
+        )
         loss = -pg_surrogate(logp, weights, samples.mask)  # loss = -surrogate
         opt.zero_grad()
         loss.backward()
@@ -125,15 +138,19 @@ def exact_gradient_ascent(
     reference: torch.nn.Module | None = None,
     beta: float = 0.0,
 ) -> list[float]:
-    """Maximise the *exact* :math:`J(\\theta)` (no sampling) for ``steps`` steps; minimises loss = −J.
+    """Maximise the *exact* J(θ) (no sampling) for `steps` steps; minimises loss = -J.
 
-    optimizer: ``"sgd"`` or ``"adam"``. Returns the exact :math:`J` before each step and after the last
-    (``steps + 1`` values). Used to move a toy policy to a chosen point (a warm start) and to show the
-    noise-free path that sampled estimators try to follow. Introduced in {ref}`sec-objective-exact`.
+    `optimizer`: `"sgd"` or `"adam"`. Returns the exact J before each step and after the
+    last (`steps + 1` values). Used to move a toy policy to a chosen point (a warm
+    start) and to show the noise-free path that sampled estimators try to follow.
+    Introduced in chapter 1 ("The objective as a finite sum").
 
-    With ``reference`` and ``beta > 0`` the objective is the KL-regularised
-    :math:`J(\\theta) - \\beta\\,\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_\\theta\\,\\|\\,p_\\text{ref})` of {ref}`sec-rlhf-why`,
-    and the returned values are that objective.
+    With `reference` and `beta > 0` the objective is the KL-regularised
+
+        J(θ) - β E_{x ~ ρ} KL(p_θ ‖ p_ref)
+
+    of chapter 6 ("The regularised objective and what maximises it"), and the returned
+    values are that objective.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
@@ -141,7 +158,11 @@ def exact_gradient_ascent(
         raise ValueError(f"lr must be positive, got {lr}")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+    if (
+        isinstance(beta, bool)
+        or not isinstance(beta, (int, float))
+        or not 0 <= beta < math.inf
+    ):
         raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     if beta > 0 and not isinstance(reference, torch.nn.Module):
         raise ValueError("beta > 0 needs a reference policy (a torch.nn.Module)")
@@ -164,47 +185,64 @@ def exact_gradient_ascent(
     return history
 
 
-# ------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # the RL loop for a language-model policy
-# ------------------------------------------------------------------------------------------------------
-#: What :func:`train` records, by column name (``heldout_accuracy`` only on evaluation steps,
-#: ``zero_var_groups`` only when ``G >= 2``, ``clip_frac`` only if the method's loss reports it).
+# --------------------------------------------------------------------------------------
+#: What `train` records, by column name (`heldout_accuracy` only on evaluation steps,
+#: `zero_var_groups` only when `G >= 2`, `clip_frac` only if the method's loss reports
+#: it).
 METRICS = {
     "step": "optimiser steps taken so far (0 = before training)",
     "samples": "completions sampled so far",
     "reward": "mean reward of the step's completions",
-    "heldout_accuracy": "greedy exact-match accuracy on the held-out evaluation problems",
+    "heldout_accuracy": "greedy exact-match accuracy on the held-out "
+    "evaluation problems",
     "entropy": "mean per-token entropy of the policy on its own samples (nats)",
-    "kl_ref": "mean per-token k3 estimate of KL(policy || reference) on the step's samples (when the reference "
-    "forward runs: the method needs it, or kl_ref=True)",
-    "rollout_kl": "mean per-token k3 estimate of KL(sampler || trainer): the sampler's log-probs against the "
-    "trained policy's teacher-forced ones on the same tokens (0 in exact arithmetic)",
+    "kl_ref": "mean per-token k3 estimate of KL(policy || reference) on the step's "
+    "samples (when the reference forward runs: the method needs it, or kl_ref=True)",
+    "rollout_kl": "mean per-token k3 estimate of KL(sampler || trainer): the sampler's "
+    "log-probs against the trained policy's teacher-forced ones on the same tokens "
+    "(0 in exact arithmetic)",
     "length": "mean completion length in tokens (EOS included)",
     "truncated": "fraction of completions that hit the length limit without EOS",
-    "zero_var_groups": "fraction of prompt groups whose G rewards are all equal (no learning signal)",
+    "zero_var_groups": "fraction of prompt groups whose G rewards are all equal "
+    "(no learning signal)",
     "grad_norm": "gradient norm before clipping (mean over the step's optimiser steps)",
     "loss": "the loss (= -surrogate), mean over the step's optimiser steps",
-    "clip_frac": "fraction of trained tokens whose ratio was clipped (methods with a ratio)",
-    "approx_kl": "mean k3 estimate of KL(old policy || current policy) on the trained tokens (methods with a ratio)",
-    "value_loss": "the critic's loss, mean over the step's optimiser steps (methods with a critic)",
-    "explained_variance": "1 - Var[target - V] / Var[target] of the critic's values at sampling time (critic methods)",
-    "skipped": "optimiser steps skipped so far because the loss or gradient was not finite (on_nonfinite='skip')",
-    "seconds": "wall-clock seconds since training started (volatile: never print it in stored outputs)",
+    "clip_frac": "fraction of trained tokens whose ratio was clipped "
+    "(methods with a ratio)",
+    "approx_kl": "mean k3 estimate of KL(old policy || current policy) on the trained "
+    "tokens (methods with a ratio)",
+    "value_loss": "the critic's loss, mean over the step's optimiser steps "
+    "(methods with a critic)",
+    "explained_variance": "1 - Var[target - V] / Var[target] of the critic's values "
+    "at sampling time (critic methods)",
+    "skipped": "optimiser steps skipped so far because the loss or gradient was not "
+    "finite (on_nonfinite='skip')",
+    "seconds": "wall-clock seconds since training started "
+    "(volatile: never print it in stored outputs)",
 }
 
-#: What :func:`train` may do on a non-finite loss, gradient norm or parameter (``on_nonfinite``).
+#: What `train` may do on a non-finite loss, gradient norm or parameter
+#: (`on_nonfinite`).
 NONFINITE = ("raise", "skip")
 
 
 class TrainingDiverged(ValueError):
-    """Raised by :func:`train` at the first non-finite loss, gradient norm or parameter.
+    """Raised by `train` at the first non-finite loss, gradient norm or parameter.
 
-    Attributes: ``step`` (the RL step), ``quantity`` (``"loss"``, ``"value loss"``, ``"gradient norm"``,
-    ``"critic gradient norm"``, ``"parameters"`` or ``"sampling distribution"``), ``history`` (the :class:`History` up to the last
-    completed step, so a diverged run can still be plotted).
+    Attributes:
+
+    * `step`: the RL step;
+    * `quantity`: `"loss"`, `"value loss"`, `"gradient norm"`, `"critic gradient norm"`,
+      `"parameters"` or `"sampling distribution"`;
+    * `history`: the `History` up to the last completed step, so a diverged run can
+      still be plotted.
     """
 
-    def __init__(self, message: str, *, step: int, quantity: str, history: History) -> None:
+    def __init__(
+        self, message: str, *, step: int, quantity: str, history: History
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.quantity = quantity
@@ -212,10 +250,11 @@ class TrainingDiverged(ValueError):
 
 
 class History:
-    """The metrics of a training run: one row (a dict) per logged step, exportable to a dict or CSV.
+    """The metrics of a training run: one row (a dict) per logged step.
 
-    ``history["reward"]`` is the list of that column over the rows that have it; :meth:`to_dict` gives every
-    column over every row (None where a row lacks it); :meth:`to_csv` writes the same as CSV (empty cells).
+    Exportable to a dict or CSV. `history["reward"]` is the list of that column over the
+    rows that have it; `to_dict` gives every column over every row (None where a row
+    lacks it); `to_csv` writes the same as CSV (empty cells).
     """
 
     def __init__(self) -> None:
@@ -245,27 +284,35 @@ class History:
         return [r[column] for r in self.rows if column in r]
 
     def series(self, column: str) -> tuple[list[int], list[float]]:
-        """``(steps, values)`` of one column, over the rows that have it."""
+        """`(steps, values)` of one column, over the rows that have it."""
         rows = [r for r in self.rows if column in r]
         if not rows:
             raise KeyError(f"no metric {column!r}; recorded: {self.columns}")
         return [r["step"] for r in rows], [r[column] for r in rows]
 
     def last(self, column: str) -> float:
-        """The last recorded value of ``column``."""
+        """The last recorded value of `column`."""
         return self[column][-1]
 
     def to_dict(self) -> dict[str, list]:
-        """``{column: [value or None per row]}`` — plain Python, ready for ``json`` or pandas."""
+        """`{column: [value or None per row]}`.
+
+        Plain Python, ready for `json` or pandas.
+        """
         return {c: [r.get(c) for r in self.rows] for c in self.columns}
 
     def to_csv(self, path=None) -> str:
-        """The history as CSV text (missing values are empty cells); also written to ``path`` if given."""
+        """The history as CSV text (missing values are empty cells).
+
+        Also written to `path` if given.
+        """
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         w.writeheader()
         for r in self.rows:
-            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+            w.writerow(
+                {k: repr(v) if isinstance(v, float) else v for k, v in r.items()}
+            )
         text = buf.getvalue()
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
@@ -273,18 +320,30 @@ class History:
         return text
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked tokens of the k3 estimator :math:`e^{\\ell_\\text{ref}-\\ell}-(\\ell_\\text{ref}-\\ell)-1 \\ge 0`.
+def k3_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over masked tokens of the k3 estimator.
 
-    With tokens sampled from the policy, each term is an unbiased estimate of the per-token
-    :math:`\\mathrm{KL}(\\pi_\\theta\\,\\|\\,\\pi_\\text{ref})` of its state. ``(B, T)`` inputs -> a scalar; 0 if the mask is empty.
-    (Chapter 06 derives k1/k2/k3 and measures them.)
+    Per token, with ℓ = `logp` and ℓ_ref = `ref_logp`:
+
+        e^(ℓ_ref - ℓ) - (ℓ_ref - ℓ) - 1 ≥ 0
+
+    With tokens sampled from the policy, each term is an unbiased estimate of the
+    per-token KL(π_θ ‖ π_ref) of its state. `(B, T)` inputs -> a scalar; 0 if the
+    mask is empty. (Chapter 06 derives k1/k2/k3 and measures them.)
     """
     return kl_loss(logp, ref_logp, mask, kind="k3", aggregation="token-mean")
 
+
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: one check (largest |entry| of each) and one sync."""
-    return bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
+    """Whether every entry of every tensor is finite.
+
+    One check (largest |entry| of each) and one sync.
+    """
+    return bool(
+        torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all()
+    )
 
 
 def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
@@ -316,79 +375,126 @@ def train(
     kl_ref: bool | None = None,
     on_nonfinite: str = "raise",
 ) -> History:
-    """Train a language-model ``policy`` (e.g. :class:`policygrad.TinyGPT`) on ``task`` with ``method``.
+    """Train a language-model `policy` on `task` with `method`.
 
-    One step: draw ``prompts_per_step`` training problems and ``G = group_size`` (default: the method's)
-    completions each at ``temperature`` → rewards → the :class:`policygrad.rollout.RolloutBatch` →
-    advantages (the method's reward side) → ``inner_epochs`` passes, each split into ``minibatches``
-    (whole groups, shuffled), of loss (the method's trajectory side, loss = −surrogate) → Adam step with
-    the gradient norm clipped to ``max_grad_norm`` (None: no clipping).
+    The policy is e.g. a `policygrad.TinyGPT`. One step: draw `prompts_per_step`
+    training problems and `G = group_size` (default: the method's) completions each at
+    `temperature` → rewards → the `policygrad.rollout.RolloutBatch` → advantages
+    (the method's reward side) → `inner_epochs` passes, each split into `minibatches`
+    (whole groups, shuffled), of loss (the method's trajectory side,
+    loss = −surrogate) → Adam step with the gradient norm clipped to `max_grad_norm`
+    (None: no clipping).
 
-    Before the updates, ``batch.old_log_probs`` are recomputed by a teacher-forced forward pass of the
-    policy being trained (as verl does; with one inner epoch and one minibatch the training forward itself
-    gives them, at no extra cost); the sampler's own log-probs are kept as ``batch.rollout_log_probs`` and
-    their gap is logged as ``rollout_kl``. So every ratio starts at exactly 1, and with all rewards 0 a
-    critic-free method leaves the parameters exactly unchanged (a critic method moves the policy only
-    through its critic's error: nonzero values make nonzero GAE advantages).
+    Before the updates, `batch.old_log_probs` are recomputed by a teacher-forced forward
+    pass of the policy being trained (as verl does; with one inner epoch and one
+    minibatch the training forward itself gives them, at no extra cost); the sampler's
+    own log-probs are kept as `batch.rollout_log_probs` and their gap is logged as
+    `rollout_kl`. So every ratio starts at exactly 1, and with all rewards 0 a
+    critic-free method leaves the parameters exactly unchanged (a critic method moves
+    the policy only through its critic's error: nonzero values make nonzero GAE
+    advantages).
 
-    reference: the frozen policy that ``kl_ref`` (and methods with a KL term) measure against; default a
-    copy of ``policy`` at the start; never updated (its forward runs under ``no_grad``). Its forward pass runs only if the method needs it
-    (:attr:`~policygrad.methods.Method.needs_reference`) or ``kl_ref=True`` asks for the metric
-    (``kl_ref=None``: only when the method needs it; then the metric comes free). eval_every: held-out greedy accuracy on ``eval_problems`` (default
-    ``task.eval_set(240)``) before training, every ``eval_every`` steps and after the last (None: never).
-    Everything random comes from ``seed`` (problems and samples are drawn with one CPU generator), so a run
-    is repeatable on CPU. Records the columns of :data:`METRICS` in a :class:`History` (``history`` to
-    append to an existing one). progress: show a tqdm bar.
+    `reference`: the frozen policy that `kl_ref` (and methods with a KL term) measure
+    against; default a copy of `policy` at the start; never updated (its forward runs
+    under `no_grad`). Its forward pass runs only if the method needs it
+    (`needs_reference`) or `kl_ref=True` asks for the metric (`kl_ref=None`: only when
+    the method needs it; then the metric comes free). `eval_every`: held-out greedy
+    accuracy on `eval_problems` (default `task.eval_set(240)`) before training, every
+    `eval_every` steps and after the last (None: never). Everything random comes from
+    `seed` (problems and samples are drawn with one CPU generator), so a run is
+    repeatable on CPU. Records the columns of `METRICS` in a `History` (`history` to
+    append to an existing one). `progress`: show a tqdm bar.
 
-    Methods with a critic (:attr:`policygrad.methods.Method.needs_critic`): ``critic`` is the value model
-    (``critic(prompts, completions, group_size=G) -> (B, T)``; default
-    :meth:`policygrad.lm.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own Adam at ``critic_lr``
-    (default ``lr``) on the method's value loss, in the same minibatches as the policy. Its values of the
-    sampled states go into ``batch.values`` before the advantages are computed.
+    Methods with a critic (`policygrad.methods.Method.needs_critic`): `critic` is the
+    value model (`critic(prompts, completions, group_size=G) -> (B, T)`; default
+    `policygrad.lm.tinygpt.TinyGPTCritic.from_policy`), trained in place with its own
+    Adam at `critic_lr` (default `lr`) on the method's value loss, in the same
+    minibatches as the policy. Its values of the sampled states go into `batch.values`
+    before the advantages are computed.
 
-    Every optimiser step checks the loss, the gradient norm (policy and critic) and, after the step, the
-    parameters for NaN/inf. ``on_nonfinite="raise"`` (default) stops at the first one with a
-    :class:`TrainingDiverged` (a ValueError) naming the step, the quantity and the likely cause, carrying
-    the history so far; ``"skip"`` skips that optimiser step instead (counted in the ``skipped`` column);
-    non-finite parameters always raise (nothing can undo the update).
+    Every optimiser step checks the loss, the gradient norm (policy and critic) and,
+    after the step, the parameters for NaN/inf. `on_nonfinite="raise"` (default) stops
+    at the first one with a `TrainingDiverged` (a ValueError) naming the step, the
+    quantity and the likely cause, carrying the history so far; `"skip"` skips that
+    optimiser step instead (counted in the `skipped` column); non-finite parameters
+    always raise (nothing can undo the update).
     """
-    if not isinstance(policy, torch.nn.Module) or not callable(getattr(policy, "sample", None)):
-        raise ValueError("policy must be a torch.nn.Module with a sample(...) method, e.g. a TinyGPT")
+    if not isinstance(policy, torch.nn.Module) or not callable(
+        getattr(policy, "sample", None)
+    ):
+        raise ValueError(
+            "policy must be a torch.nn.Module with a sample(...) method, e.g. a TinyGPT"
+        )
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task, got {type(task).__name__}")
     method = get_method(method)
     check_positive_int(steps, "steps")
     check_positive_int(prompts_per_step, "prompts_per_step")
-    G = method.group_size if group_size is None else check_positive_int(group_size, "group_size")
-    epochs = method.inner_epochs if inner_epochs is None else check_positive_int(inner_epochs, "inner_epochs")
-    n_mb = method.minibatches if minibatches is None else check_positive_int(minibatches, "minibatches")
+    G = (
+        method.group_size
+        if group_size is None
+        else check_positive_int(group_size, "group_size")
+    )
+    epochs = (
+        method.inner_epochs
+        if inner_epochs is None
+        else check_positive_int(inner_epochs, "inner_epochs")
+    )
+    n_mb = (
+        method.minibatches
+        if minibatches is None
+        else check_positive_int(minibatches, "minibatches")
+    )
     if prompts_per_step % n_mb:
-        raise ValueError(f"minibatches={n_mb} must divide prompts_per_step={prompts_per_step} (whole groups)")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(
+            f"minibatches={n_mb} must divide prompts_per_step={prompts_per_step} "
+            "(whole groups)"
+        )
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not math.isfinite(lr)
+        or lr <= 0
+    ):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, (int, float))
+        or not max_grad_norm > 0
     ):
-        raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
+        raise ValueError(
+            f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}"
+        )
     if eval_every is not None:
         check_positive_int(eval_every, "eval_every")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if history is not None and not isinstance(history, History):
         raise ValueError("history must be a History or None")
-    if reference is not None and not callable(getattr(reference, "token_log_probs_and_entropy", None)):
-        raise ValueError("reference must be a policy like the trained one (with token_log_probs_and_entropy)")
+    if reference is not None and not callable(
+        getattr(reference, "token_log_probs_and_entropy", None)
+    ):
+        raise ValueError(
+            "reference must be a policy like the trained one "
+            "(with token_log_probs_and_entropy)"
+        )
     if eval_every is not None and eval_problems is None:
         eval_problems = task.eval_set(240)
     if critic_lr is not None and (
-        isinstance(critic_lr, bool) or not isinstance(critic_lr, (int, float)) or not math.isfinite(critic_lr)
+        isinstance(critic_lr, bool)
+        or not isinstance(critic_lr, (int, float))
+        or not math.isfinite(critic_lr)
         or critic_lr <= 0
     ):
-        raise ValueError(f"critic_lr must be a positive number or None, got {critic_lr!r}")
+        raise ValueError(
+            f"critic_lr must be a positive number or None, got {critic_lr!r}"
+        )
     if kl_ref is not None and not isinstance(kl_ref, bool):
         raise ValueError(f"kl_ref must be True, False or None, got {kl_ref!r}")
     if on_nonfinite not in NONFINITE:
-        raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
+        raise ValueError(
+            f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}"
+        )
     if critic is not None and not method.needs_critic:
         raise ValueError(f"method {method.name!r} has no critic; do not pass one")
     if method.needs_critic:
@@ -396,25 +502,34 @@ def train(
             from .lm.tinygpt import TinyGPT, TinyGPTCritic
 
             if not isinstance(policy, TinyGPT):
-                raise ValueError(f"method {method.name!r} needs a critic: pass critic=... for a non-TinyGPT policy")
+                raise ValueError(
+                    f"method {method.name!r} needs a critic: "
+                    "pass critic=... for a non-TinyGPT policy"
+                )
             critic = TinyGPTCritic.from_policy(policy)
         if not isinstance(critic, torch.nn.Module):
-            raise ValueError(f"critic must be a torch.nn.Module, got {type(critic).__name__}")
+            raise ValueError(
+                f"critic must be a torch.nn.Module, got {type(critic).__name__}"
+            )
 
     device = next(policy.parameters()).device
     if reference is None:
         reference = copy.deepcopy(policy)
-    # the reference is never updated: it is in no optimiser and its forward runs under no_grad. Its parameters'
-    # requires_grad flags are left alone on purpose: frozen parameters select other CPU kernels (on the reference
-    # numeric path) whose last bits differ, so KL(policy || its own copy) would start as round-off, not 0
+    # the reference is never updated: it is in no optimiser and its forward runs under
+    # no_grad. Its parameters' requires_grad flags are left alone on purpose: frozen
+    # parameters select other CPU kernels (on the reference numeric path) whose last
+    # bits differ, so KL(policy || its own copy) would start as round-off, not 0
     reference.eval()
     g = torch.Generator().manual_seed(seed)
-    # foreach: one multi-tensor Adam update instead of a loop over the parameters: the same
-    # arithmetic (every stored output of the book is bitwise unchanged), less overhead per step
+    # foreach: one multi-tensor Adam update instead of a loop over the parameters: the
+    # same arithmetic (every stored output of the book is bitwise unchanged), less
+    # overhead per step
     params = list(policy.parameters())
     opt = torch.optim.Adam(params, lr=lr, foreach=True)
     critic_opt = (
-        torch.optim.Adam(critic.parameters(), lr=critic_lr or lr, foreach=True) if critic is not None else None
+        torch.optim.Adam(critic.parameters(), lr=critic_lr or lr, foreach=True)
+        if critic is not None
+        else None
     )
     hist = History() if history is None else history
     step0 = hist.rows[-1]["step"] if hist.rows else 0
@@ -429,17 +544,26 @@ def train(
         hist.log(step=0, samples=0, heldout_accuracy=heldout(), seconds=0.0)
 
     need_ref = method.needs_reference or bool(kl_ref)
-    one_pass = epochs == 1 and n_mb == 1  # the training forward gives old_log_probs itself
+    # the training forward gives old_log_probs itself
+    one_pass = epochs == 1 and n_mb == 1
     clip = float("inf") if max_grad_norm is None else max_grad_norm
     skipped = hist.rows[-1].get("skipped", 0) if hist.rows else 0
 
-    def diverged(step: int, quantity: str, value: float, cause: str) -> TrainingDiverged:
+    def diverged(
+        step: int, quantity: str, value: float, cause: str
+    ) -> TrainingDiverged:
         return TrainingDiverged(
-            f"training diverged at step {step}: the {quantity} is {value} (not finite). Likely cause: {cause}",
-            step=step, quantity=quantity, history=hist,
+            f"training diverged at step {step}: the {quantity} is {value} "
+            f"(not finite). Likely cause: {cause}",
+            step=step,
+            quantity=quantity,
+            history=hist,
         )
 
-    lr_cause = f"the learning rate (lr={lr:g}) is too large for this model, or max_grad_norm is off ({max_grad_norm})"
+    lr_cause = (
+        f"the learning rate (lr={lr:g}) is too large for this model, "
+        f"or max_grad_norm is off ({max_grad_norm})"
+    )
 
     bar = tqdm(range(1, steps + 1), desc=method.name, disable=not progress, leave=False)
     for i in bar:
@@ -450,14 +574,28 @@ def train(
         policy.eval()
         try:
             samples = policy.sample(
-                prompts, max_new_tokens=task.max_new_tokens, eos=eos, temperature=temperature, generator=g, group_size=G
+                prompts,
+                max_new_tokens=task.max_new_tokens,
+                eos=eos,
+                temperature=temperature,
+                generator=g,
+                group_size=G,
             )
-        except RuntimeError as err:  # torch.multinomial on NaN/inf probabilities: the policy's logits overflowed
+        # torch.multinomial on NaN/inf probabilities: the policy's logits overflowed
+        except RuntimeError as err:
             if "inf" not in str(err) and "nan" not in str(err):
                 raise
-            raise diverged(step, "sampling distribution", float("nan"), "the policy's logits overflowed: " + lr_cause) from err
-        # 2. rewards; the trainer's own log-probs of the sampled tokens; reference log-probs; the batch
-        rewards = task.rewards([p for p in problems for _ in range(G)], samples.completions, samples.mask)
+            raise diverged(
+                step,
+                "sampling distribution",
+                float("nan"),
+                "the policy's logits overflowed: " + lr_cause,
+            ) from err
+        # 2. rewards; the trainer's own log-probs of the sampled tokens; reference
+        # log-probs; the batch
+        rewards = task.rewards(
+            [p for p in problems for _ in range(G)], samples.completions, samples.mask
+        )
         policy.train()
         if one_pass:
             logits = policy(samples.prompts, samples.completions, group_size=G)
@@ -467,21 +605,37 @@ def train(
                 logits = policy(samples.prompts, samples.completions, group_size=G)
                 logp_full = token_log_probs(logits, samples.completions)
         old_logp = select(logp_full.detach(), samples.mask)
-        with torch.no_grad():  # the policy's entropy on its own samples, before any update
+        # the policy's entropy on its own samples, before any update
+        with torch.no_grad():
             ent = token_entropy(logits.detach())
-            entropy = (select(ent, samples.mask).sum() / samples.mask.sum().clamp_min(1)).item()
+            entropy = (
+                select(ent, samples.mask).sum() / samples.mask.sum().clamp_min(1)
+            ).item()
         ref_logp = None
         if need_ref:
             with torch.no_grad():
-                ref_logits = reference(samples.prompts, samples.completions, group_size=G)
-                ref_logp = select(token_log_probs(ref_logits, samples.completions), samples.mask)
+                ref_logits = reference(
+                    samples.prompts, samples.completions, group_size=G
+                )
+                ref_logp = select(
+                    token_log_probs(ref_logits, samples.completions), samples.mask
+                )
         values = None
-        if critic is not None:  # the critic's values of the sampled states, before any update
+        # the critic's values of the sampled states, before any update
+        if critic is not None:
             critic.eval()
             with torch.no_grad():
-                values = select(critic(samples.prompts, samples.completions, group_size=G), samples.mask)
+                values = select(
+                    critic(samples.prompts, samples.completions, group_size=G),
+                    samples.mask,
+                )
         batch = RolloutBatch.from_samples(
-            samples, rewards, group_size=G, ref_log_probs=ref_logp, values=values, old_log_probs=old_logp
+            samples,
+            rewards,
+            group_size=G,
+            ref_log_probs=ref_logp,
+            values=values,
+            old_log_probs=old_logp,
         )
         # 3. advantages (reward side), and the critic's regression targets
         adv = method.advantages(batch)
@@ -491,24 +645,36 @@ def train(
         if critic is not None:
             critic.train()
         for _ in range(epochs):
-            order = torch.randperm(prompts_per_step, generator=g) if n_mb > 1 else torch.arange(prompts_per_step)
+            order = (
+                torch.randperm(prompts_per_step, generator=g)
+                if n_mb > 1
+                else torch.arange(prompts_per_step)
+            )
             for chunk in order.chunk(n_mb):
                 rows = (chunk.unsqueeze(1) * G + torch.arange(G)).reshape(-1).to(device)
                 mb = batch if n_mb == 1 else batch.select(rows)
                 if one_pass:
                     logp = logp_full
                 else:
-                    logits = policy(mb.prompts, mb.completions, group_size=G)  # each prompt run once per group
+                    # each prompt run once per group
+                    logits = policy(mb.prompts, mb.completions, group_size=G)
                     logp = token_log_probs(logits, mb.completions)
                 loss, stats = method.loss(logp, mb, adv if n_mb == 1 else adv[rows])
                 opt.zero_grad()
                 bad = None
                 if not bool(torch.isfinite(loss.detach())):
-                    bad = ("loss", float(loss.detach()), "non-finite log-probabilities (a policy whose logits overflowed) "
-                           f"or advantages; or {lr_cause}")
+                    bad = (
+                        "loss",
+                        float(loss.detach()),
+                        "non-finite log-probabilities "
+                        "(a policy whose logits overflowed) "
+                        f"or advantages; or {lr_cause}",
+                    )
                 else:
                     loss.backward()
-                    norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip))
+                    norm = float(
+                        torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+                    )
                     if not math.isfinite(norm):
                         bad = ("gradient norm", norm, lr_cause)
                 if bad is not None:
@@ -521,21 +687,38 @@ def train(
                     norms.append(norm)
                     losses.append(loss.item())
                     if not _all_finite(params):
-                        raise diverged(step, "parameters", float("nan"), "the update overflowed: " + lr_cause)
+                        raise diverged(
+                            step,
+                            "parameters",
+                            float("nan"),
+                            "the update overflowed: " + lr_cause,
+                        )
                     for k, v in stats.items():
                         stats_acc.setdefault(k, []).append(float(v))
                 if critic is not None:  # the critic's step on the same minibatch
                     v = critic(mb.prompts, mb.completions, group_size=G)
-                    vloss = method.value_loss(v, mb, targets if n_mb == 1 else targets[rows])
+                    vloss = method.value_loss(
+                        v, mb, targets if n_mb == 1 else targets[rows]
+                    )
                     critic_opt.zero_grad()
                     cbad = None
                     if not bool(torch.isfinite(vloss.detach())):
-                        cbad = ("value loss", float(vloss.detach()), f"non-finite critic values or targets; or {lr_cause}")
+                        cbad = (
+                            "value loss",
+                            float(vloss.detach()),
+                            f"non-finite critic values or targets; or {lr_cause}",
+                        )
                     else:
                         vloss.backward()
-                        cnorm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), clip))
+                        cnorm = float(
+                            torch.nn.utils.clip_grad_norm_(critic.parameters(), clip)
+                        )
                         if not math.isfinite(cnorm):
-                            cbad = ("critic gradient norm", cnorm, f"the critic's learning rate; or {lr_cause}")
+                            cbad = (
+                                "critic gradient norm",
+                                cnorm,
+                                f"the critic's learning rate; or {lr_cause}",
+                            )
                     if cbad is not None:
                         if on_nonfinite == "raise":
                             raise diverged(step, *cbad)
@@ -554,7 +737,9 @@ def train(
         }
         if ref_logp is not None:
             row["kl_ref"] = k3_kl(batch.old_log_probs, batch.ref_log_probs, lm).item()
-        row["rollout_kl"] = kl_loss(batch.rollout_log_probs, batch.old_log_probs, lm, kind="k3").item()
+        row["rollout_kl"] = kl_loss(
+            batch.rollout_log_probs, batch.old_log_probs, lm, kind="k3"
+        ).item()
         row["length"] = batch.lengths.mean().item()
         row["truncated"] = batch.truncated.double().mean().item()
         if G >= 2:
@@ -566,7 +751,9 @@ def train(
         if critic is not None:
             if value_losses:
                 row["value_loss"] = sum(value_losses) / len(value_losses)
-            row["explained_variance"] = explained_variance(batch.values, targets, batch.loss_mask)
+            row["explained_variance"] = explained_variance(
+                batch.values, targets, batch.loss_mask
+            )
         if on_nonfinite == "skip":
             row["skipped"] = skipped
         if eval_every is not None and (i % eval_every == 0 or i == steps):

@@ -1,7 +1,8 @@
 """Seeding, thread pinning and device selection.
 
-Stored notebook outputs are produced on CPU with one thread; :func:`seed_everything` pins everything that
-makes a run differ from the next (Python, NumPy and torch seeds, deterministic algorithms, torch threads).
+Stored notebook outputs are produced on CPU with one thread; `seed_everything` pins
+everything that makes a run differ from the next (Python, NumPy and torch seeds,
+deterministic algorithms, torch threads).
 """
 
 from __future__ import annotations
@@ -14,30 +15,43 @@ import torch
 
 from ._checks import check_device
 
-__all__ = ["seed_everything", "get_device", "make_generator", "show_source", "near_zero"]
+__all__ = [
+    "seed_everything",
+    "get_device",
+    "make_generator",
+    "show_source",
+    "near_zero",
+]
 
 DEVICE_ENV = "POLICYGRAD_DEVICE"
 
 
-def seed_everything(seed: int, *, threads: int | None = 1, deterministic: bool = True) -> torch.Generator:
-    """Seed Python, NumPy and torch, pin torch to ``threads`` threads, and return a torch generator.
+def seed_everything(
+    seed: int, *, threads: int | None = 1, deterministic: bool = True
+) -> torch.Generator:
+    """Seed Python, NumPy and torch, pin torch to `threads` threads, return a generator.
 
-    One thread matters: large reductions can differ in the last bit between 1 and 2 threads, which
-    would break strict notebook comparison. ``threads=None`` leaves torch's setting alone.
+    One thread matters: large reductions can differ in the last bit between 1 and 2
+    threads, which would break strict notebook comparison. `threads=None` leaves torch's
+    setting alone.
 
-    ``deterministic=True`` asks torch for deterministic algorithms, but leaves new tensors
-    uninitialised (``torch.utils.deterministic.fill_uninitialized_memory = False``): by default
-    deterministic mode writes NaN into every ``torch.empty``, which changes no result of code that
-    never reads memory before writing it, and cost a third of TinyGPT's sampling time.
+    `deterministic=True` asks torch for deterministic algorithms, but leaves new tensors
+    uninitialised (`torch.utils.deterministic.fill_uninitialized_memory = False`): by
+    default deterministic mode writes NaN into every `torch.empty`, which changes no
+    result of code that never reads memory before writing it, and cost a third of
+    TinyGPT's sampling time.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+            raise ValueError(
+                f"threads must be a positive integer or None, got {threads!r}"
+            )
         torch.set_num_threads(threads)
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the legacy global RNG is the point here
+    # seeding the legacy global RNG is the point here
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -47,7 +61,10 @@ def seed_everything(seed: int, *, threads: int | None = 1, deterministic: bool =
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh torch generator seeded with ``seed`` (pass it to samplers to keep streams independent)."""
+    """A fresh torch generator seeded with `seed`.
+
+    Pass it to samplers to keep streams independent.
+    """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     g = torch.Generator(device=check_device(device))
@@ -56,9 +73,10 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """Resolve the device to run on: the argument, else ``$POLICYGRAD_DEVICE``, else CPU.
+    """Resolve the device to run on: the argument, else `$POLICYGRAD_DEVICE`, else CPU.
 
-    Asking for ``cuda`` on a machine without a GPU raises ValueError rather than silently using the CPU.
+    Asking for `cuda` on a machine without a GPU raises ValueError rather than silently
+    using the CPU.
     """
     if device is None:
         device = os.environ.get(DEVICE_ENV, "cpu") or "cpu"
@@ -66,29 +84,37 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def show_source(obj) -> object:
-    """Display the source of a package function or class in a notebook (so text and code cannot drift).
+    """Display the source of a package function or class in a notebook.
 
-    Returns an ``IPython.display.Code`` object when IPython is available, else the source string.
+    Showing the package's own source keeps text and code from drifting. Returns an
+    `IPython.display.Markdown` object holding the source in a fenced `python` block,
+    so that Jupyter and the MyST book both show it as highlighted code, or the source
+    string when IPython is not available.
     """
     import inspect
+    import re
 
     try:
         src = inspect.getsource(obj)
     except (TypeError, OSError) as err:
         raise ValueError(f"cannot show the source of {obj!r}: {err}") from None
     try:
-        from IPython.display import Code
+        from IPython.display import Markdown
     except ImportError:  # pragma: no cover - IPython is present wherever notebooks run
         return src
-    return Code(src, language="python")
+    runs = re.findall(r"`+", src)
+    fence = "`" * max(
+        3, 1 + max(map(len, runs), default=0)
+    )  # longer than any run inside
+    return Markdown(f"{fence}python\n{src.rstrip()}\n{fence}")
 
 
 def near_zero(x: float, tol: float = 1e-5) -> str:
     """Format a number that is zero up to float round-off the same way on every machine.
 
-    Returns ``"0 (< tol)"`` when ``|x| < tol``, else ``x`` to 4 significant digits. Used where a notebook
-    prints an identity that holds exactly (e.g. the mean of the score), so stored outputs do not depend on
-    the last bits of floating point.
+    Returns `"0 (< tol)"` when `|x| < tol`, else `x` to 4 significant digits. Used where
+    a notebook prints an identity that holds exactly (e.g. the mean of the score), so
+    stored outputs do not depend on the last bits of floating point.
     """
     x = float(x)
     if not tol > 0:

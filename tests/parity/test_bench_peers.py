@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _frameworks import require
 
 import policygrad as pg
 from policygrad.lm.tasks import make_task
 from policygrad.methods import grpo
 from policygrad.train import train
-
-from _frameworks import require
 
 require("trl")  # the benchmark's peers are the parity extra's transformers and TRL
 

@@ -1,12 +1,19 @@
-"""Exact analyses by enumerating every completion of a small problem: J, its gradient, estimator moments,
-what group methods and KL penalties optimise, and trust regions. Everything sampled is checked against these.
+"""Exact analyses by enumerating every completion of a small problem: J, its
+gradient, estimator moments, what group methods and KL penalties optimise, and trust
+regions. Everything sampled is checked against these.
 """
 
 from __future__ import annotations
 
 from .._tensor import flat_grad, flat_params
 from . import enumeration, group, kl, trust_region
-from .enumeration import MAX_ENUMERATION, MAX_FISHER_PARAMS, ExactProblem, enumerate_completions, objective_landscape
+from .enumeration import (
+    MAX_ENUMERATION,
+    MAX_FISHER_PARAMS,
+    ExactProblem,
+    enumerate_completions,
+    objective_landscape,
+)
 from .group import (
     MAX_GROUPS,
     binary_advantage_table,

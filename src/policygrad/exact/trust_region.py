@@ -1,33 +1,33 @@
 """Trust regions: the KL-constrained step, the natural gradient and TRPO.
 
-A gradient step :math:`\\theta+\\eta g` is measured in parameter space, but what matters is how far the
-*distribution* moves: the same :math:`\\Delta\\theta` can barely change one softmax and collapse another.
-Measuring the step by the KL divergence of the completion distributions instead gives the problem
+A gradient step θ + η g is measured in parameter space, but what matters is how far
+the *distribution* moves: the same Δθ can barely change one softmax and collapse
+another. Measuring the step by the KL divergence of the completion distributions
+instead gives the problem
 
-.. math::
+    max_Δ g^T Δ   s.t.   E_{x∼ρ} KL(p_θ ‖ p_{θ+Δ}) ≤ δ.
 
-    \\max_\\Delta\\; g^\\top\\Delta \\quad\\text{s.t.}\\quad
-    \\mathbb E_{x\\sim\\rho}\\,\\mathrm{KL}\\big(p_{\\theta}\\,\\|\\,p_{\\theta+\\Delta}\\big)\\le\\delta .
+Near Δ = 0 the KL is ½ Δ^T F Δ + O(‖Δ‖^3) with F the Fisher information
+(`policygrad.ExactProblem.fisher`): the KL has value 0 and gradient 0 at Δ = 0, and
+its Hessian there is F. With that quadratic model the Lagrangian gives the step
+Δ = √(2δ / (d^T F d)) d along the *natural gradient* d = F^-1 g (`natural_gradient`,
+`kl_constrained_step`). The natural gradient does not depend on how the policy is
+parametrised; for a tabular softmax bandit it is exactly the advantage, not the
+advantage scaled by ρ(x) π(a | x) as the plain gradient is (Kakade).
 
-Near :math:`\\Delta=0` the KL is :math:`\\tfrac12\\Delta^\\top F\\Delta+O(\\|\\Delta\\|^3)` with :math:`F` the
-Fisher information (:meth:`policygrad.ExactProblem.fisher`): the KL has value 0 and gradient 0 at
-:math:`\\Delta=0`, and its Hessian there is :math:`F`. With that quadratic model the Lagrangian gives the
-step :math:`\\Delta=\\sqrt{2\\delta/(d^\\top F d)}\\,d` along the *natural gradient* :math:`d=F^{-1}g`
-(:func:`natural_gradient`, :func:`kl_constrained_step`). The natural gradient does not depend on how the
-policy is parametrised; for a tabular softmax bandit it is exactly the advantage, not the advantage
-scaled by :math:`\\rho(x)\\pi(a\\mid x)` as the plain gradient is (Kakade).
+TRPO makes this work for a network with millions of parameters, where F cannot be
+formed:
 
-TRPO makes this work for a network with millions of parameters, where :math:`F` cannot be formed:
+1. F v is the Hessian-vector product of the KL at θ_old, two backward passes
+   (`fisher_vector_product`);
+2. d = F^-1 g is found with a few conjugate-gradient iterations that only use F v
+   (`conjugate_gradient`);
+3. because the quadratic model is only a model, a backtracking line search shrinks
+   the step until the *actual* KL is within δ and the objective improves
+   (`trpo_line_search`).
 
-1. :math:`F v` is the Hessian-vector product of the KL at :math:`\\theta_\\text{old}`, two backward passes
-   (:func:`fisher_vector_product`);
-2. :math:`d=F^{-1}g` is found with a few conjugate-gradient iterations that only use :math:`F v`
-   (:func:`conjugate_gradient`);
-3. because the quadratic model is only a model, a backtracking line search shrinks the step until the
-   *actual* KL is within :math:`\\delta` and the objective improves (:func:`trpo_line_search`).
-
-PPO (in :mod:`policygrad.trajectory_side`) replaces all of this by clipping the importance ratio.
-Derived in {ref}`sec-ppo-trust-region`.
+PPO (in `policygrad.trajectory_side`) replaces all of this by clipping the
+importance ratio. Derived in chapter 5 ("Trust regions and the natural gradient").
 """
 
 from __future__ import annotations
@@ -54,10 +54,14 @@ __all__ = [
 ]
 
 
-# -- validation ---------------------------------------------------------------------------------------------
+# -- validation ------------------------------------------------------------------------
 def _check_number(value, name: str, *, positive: bool = False) -> float:
-    """A finite real number that is >= 0 (or > 0 with ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite real number that is >= 0 (or > 0 with `positive`)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
@@ -80,38 +84,49 @@ def _check_fisher(fisher, name: str = "fisher") -> torch.Tensor:
     if fisher.shape[0] != fisher.shape[1]:
         raise ValueError(f"{name} must be square (P, P), got {tuple(fisher.shape)}")
     if not fisher.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point matrix, got dtype {fisher.dtype}")
+        raise ValueError(
+            f"{name} must be a floating-point matrix, got dtype {fisher.dtype}"
+        )
     check_finite(fisher, name)
     scale = float(fisher.abs().max()) if fisher.numel() else 0.0
     tol = 1e3 * torch.finfo(fisher.dtype).eps * max(scale, 1e-300)
     if float((fisher - fisher.T).abs().max()) > tol:
-        raise ValueError(f"{name} must be symmetric (a Fisher matrix is); max |F - F^T| exceeds {tol:.3g}")
+        raise ValueError(
+            f"{name} must be symmetric (a Fisher matrix is); "
+            f"max |F - F^T| exceeds {tol:.3g}"
+        )
     return fisher
 
 
 def _check_problem(problem) -> ExactProblem:
     if not isinstance(problem, ExactProblem):
-        raise ValueError(f"problem must be an ExactProblem, got {type(problem).__name__}")
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
     return problem
 
 
 def _num_params(policy: torch.nn.Module) -> int:
     if not isinstance(policy, torch.nn.Module):
-        raise ValueError(f"policy must be a torch.nn.Module, got {type(policy).__name__}")
+        raise ValueError(
+            f"policy must be a torch.nn.Module, got {type(policy).__name__}"
+        )
     return sum(p.numel() for p in flat_params(policy))
 
 
-# -- the natural gradient ---------------------------------------------------------------------------------
-def natural_gradient(fisher: torch.Tensor, grad: torch.Tensor, *, damping: float = 1e-3) -> torch.Tensor:
-    """The natural gradient :math:`d=(F+\\lambda I)^{-1}g`, ``(P, P), (P,) -> (P,)``.
+# -- the natural gradient --------------------------------------------------------------
+def natural_gradient(
+    fisher: torch.Tensor, grad: torch.Tensor, *, damping: float = 1e-3
+) -> torch.Tensor:
+    """The natural gradient d = (F + λI)^-1 g, `(P, P), (P,) -> (P,)`.
 
-    With ``damping`` :math:`\\lambda>0` this solves the (then invertible) damped system. With ``damping=0``
-    it returns :math:`F^{+}g` with the pseudo-inverse: :math:`F` of a softmax policy is always singular
-    (shifting a row of logits by a constant changes nothing), and :math:`F^+g` is the solution of
-    :math:`Fd=g` with no component along those null directions. Eigenvalues below
-    ``rtol = sqrt(eps) * max eigenvalue`` count as zero (``eps`` of the dtype: about ``1.5e-8`` in float64,
-    ``3.5e-4`` in float32); rounding leaves the exact null directions near ``P * eps * max eigenvalue``, far
-    below that.
+    With `damping` λ > 0 this solves the (then invertible) damped system. With
+    `damping=0` it returns F^+ g with the pseudo-inverse: F of a softmax policy is
+    always singular (shifting a row of logits by a constant changes nothing), and
+    F^+ g is the solution of F d = g with no component along those null directions.
+    Eigenvalues below `rtol = sqrt(eps) * max eigenvalue` count as zero (`eps` of the
+    dtype: about `1.5e-8` in float64, `3.5e-4` in float32); rounding leaves the
+    exact null directions near `P * eps * max eigenvalue`, far below that.
     """
     _check_fisher(fisher)
     _check_vector(grad, "grad", fisher.shape[0])
@@ -125,18 +140,25 @@ def natural_gradient(fisher: torch.Tensor, grad: torch.Tensor, *, damping: float
 
 
 def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, iters: int = 10, tol: float = 1e-10
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    *,
+    iters: int = 10,
+    tol: float = 1e-10,
 ) -> torch.Tensor:
-    """Solve :math:`Ax=b` for symmetric positive-definite :math:`A` given only ``matvec(v) = A v``.
+    """Solve A x = b for symmetric positive-definite A given only `matvec(v) = A v`.
 
-    The textbook conjugate-gradient method: start at :math:`x=0`, and at each iteration move along a search
-    direction that is :math:`A`-conjugate to all previous ones. In exact arithmetic it solves a ``P``-dim
-    system in at most ``P`` iterations, and a few iterations already capture the large-curvature directions
-    (TRPO uses 10). Stops after ``iters`` iterations or once the residual :math:`\\|b-Ax\\|\\le`
-    ``tol`` :math:`\\cdot\\|b\\|`. Raises ValueError if :math:`A` shows non-positive curvature.
+    The textbook conjugate-gradient method: start at x = 0, and at each iteration
+    move along a search direction that is A-conjugate to all previous ones. In exact
+    arithmetic it solves a `P`-dim system in at most `P` iterations, and a few
+    iterations already capture the large-curvature directions (TRPO uses 10). Stops
+    after `iters` iterations or once the residual ‖b - A x‖ ≤ `tol` · ‖b‖.
+    Raises ValueError if A shows non-positive curvature.
     """
     if not callable(matvec):
-        raise ValueError(f"matvec must be callable (v -> A v), got {type(matvec).__name__}")
+        raise ValueError(
+            f"matvec must be callable (v -> A v), got {type(matvec).__name__}"
+        )
     _check_vector(b, "b")
     check_positive_int(iters, "iters")
     tol = _check_number(tol, "tol")
@@ -154,7 +176,10 @@ def conjugate_gradient(
         check_finite(Ap, "matvec(v)")
         pAp = p @ Ap
         if not pAp > 0:
-            raise ValueError(f"matvec is not positive definite: p^T A p = {float(pAp):.3g} along a CG direction")
+            raise ValueError(
+                "matvec is not positive definite: "
+                f"p^T A p = {float(pAp):.3g} along a CG direction"
+            )
         alpha = rr / pAp
         x = x + alpha * p
         r = r - alpha * Ap
@@ -165,19 +190,26 @@ def conjugate_gradient(
 
 
 def fisher_vector_product(
-    problem: ExactProblem, policy: torch.nn.Module, v: torch.Tensor, *, damping: float = 0.0
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    v: torch.Tensor,
+    *,
+    damping: float = 0.0,
 ) -> torch.Tensor:
-    """:math:`(F+\\lambda I)v` without forming :math:`F`: TRPO's Hessian-vector product of the KL. ``(P,) -> (P,)``.
+    """(F + λI) v without forming F: TRPO's Hessian-vector product of the KL.
+    `(P,) -> (P,)`.
 
-    Let :math:`\\theta_\\text{old}` be the current parameters, held as a constant, and
-    :math:`f(\\theta)=\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\|p_\\theta)
-    =\\mathbb E\\big[\\sum_y p_\\text{old}(\\log p_\\text{old}-\\log p_\\theta)\\big]`. Its Hessian is
-    :math:`-\\mathbb E\\sum_y p_\\text{old}\\nabla^2\\log p_\\theta`, and since
-    :math:`\\nabla^2\\log p=\\nabla^2 p/p-ss^\\top` and :math:`\\sum_y\\nabla^2 p_\\theta=\\nabla^2 1=0`, at
-    :math:`\\theta=\\theta_\\text{old}` it is :math:`\\mathbb E\\sum_y p\\,ss^\\top=F`. So
-    :math:`Fv=\\nabla_\\theta\\big(\\nabla_\\theta f\\cdot v\\big)`: one backward pass with ``create_graph``,
-    a dot product with the constant ``v``, and a second backward pass. Memory stays :math:`O(P)`.
-    ``v`` is in the order of :func:`policygrad.exact.flat_params`; the policy is not changed.
+    Let θ_old be the current parameters, held as a constant, and
+
+        f(θ) = E_{x∼ρ} KL(p_θ_old ‖ p_θ)
+             = E[Σ_y p_old (log p_old - log p_θ)]
+
+    Its Hessian is -E Σ_y p_old ∇²log p_θ, and since
+    ∇²log p = ∇²p / p - s s^T and Σ_y ∇²p_θ = ∇²1 = 0, at θ = θ_old it
+    is E Σ_y p s s^T = F. So F v = ∇_θ(∇_θ f · v): one backward pass with
+    `create_graph`, a dot product with the constant `v`, and a second backward
+    pass. Memory stays O(P). `v` is in the order of `policygrad.exact.flat_params`;
+    the policy is not changed.
     """
     _check_problem(problem)
     P = _num_params(policy)
@@ -189,7 +221,8 @@ def fisher_vector_product(
     logp_old = logp.detach()  # theta_old: the same numbers, held constant
     kl = (logp_old.exp() * (logp_old - logp)).sum(-1)
     f = (problem.prompt_probs.to(kl) * kl).sum()
-    grad = flat_grad(f, params, create_graph=True)  # = 0 at theta_old, but its graph is what we need
+    # = 0 at theta_old, but its graph is what we need
+    grad = flat_grad(f, params, create_graph=True)
     Fv = flat_grad(grad @ v, params)
     return Fv.detach() + damping * v
 
@@ -202,19 +235,22 @@ def kl_constrained_step(
     damping: float = 1e-3,
     cg_iters: int = 10,
 ) -> tuple[torch.Tensor, dict]:
-    """The step that maximises :math:`g^\\top\\Delta` subject to the quadratic KL model :math:`\\tfrac12\\Delta^\\top F\\Delta=\\delta`.
+    """The step that maximises g^T Δ subject to the quadratic KL model
+    ½ Δ^T F Δ = δ.
 
-    ``fisher_or_matvec`` is the ``(P, P)`` Fisher matrix, or a callable ``v -> F v`` (for example
-    ``lambda v: fisher_vector_product(problem, policy, v)``), both *undamped*. The direction is
-    :math:`d=(F+\\lambda I)^{-1}g`: by :func:`natural_gradient` for a matrix, by :func:`conjugate_gradient`
-    with ``cg_iters`` iterations for a callable. The damping :math:`\\lambda` only regularises the direction;
-    the length uses the undamped :math:`F`: :math:`\\Delta=\\sqrt{2\\delta/(d^\\top Fd)}\\,d`, so the quadratic
-    model of the KL is exactly ``max_kl``. The true KL differs by :math:`O(\\delta^{3/2})`.
+    `fisher_or_matvec` is the `(P, P)` Fisher matrix, or a callable `v -> F v` (for
+    example `lambda v: fisher_vector_product(problem, policy, v)`), both *undamped*.
+    The direction is d = (F + λI)^-1 g: by `natural_gradient` for a matrix, by
+    `conjugate_gradient` with `cg_iters` iterations for a callable. The damping λ
+    only regularises the direction; the length uses the undamped F:
+    Δ = √(2δ / (d^T F d)) d, so the quadratic model of the KL is exactly `max_kl`.
+    The true KL differs by O(δ^(3/2)).
 
-    Returns ``(step (P,), info)`` with info keys ``predicted_kl`` (:math:`\\tfrac12\\Delta^\\top F\\Delta`),
-    ``step_size`` (the factor :math:`\\sqrt{2\\delta/d^\\top Fd}`), ``direction_norm`` (:math:`\\|d\\|`) and
-    ``predicted_improvement`` (:math:`g^\\top\\Delta`, the linear model of the gain). If :math:`d^\\top Fd\\le0`
-    (a zero gradient, or one in the null space of :math:`F`) there is nowhere to go: the step is zero.
+    Returns `(step (P,), info)` with info keys `predicted_kl` (½ Δ^T F Δ),
+    `step_size` (the factor √(2δ / d^T F d)), `direction_norm` (‖d‖) and
+    `predicted_improvement` (g^T Δ, the linear model of the gain). If d^T F d ≤ 0
+    (a zero gradient, or one in the null space of F) there is nowhere to go: the
+    step is zero.
     """
     check_tensor(grad, "grad", 1)
     P = grad.shape[0]
@@ -224,7 +260,10 @@ def kl_constrained_step(
     if isinstance(fisher_or_matvec, torch.Tensor):
         fisher = _check_fisher(fisher_or_matvec, "fisher_or_matvec")
         if fisher.shape[0] != P:
-            raise ValueError(f"fisher_or_matvec must have shape ({P}, {P}) to match grad, got {tuple(fisher.shape)}")
+            raise ValueError(
+                f"fisher_or_matvec must have shape ({P}, {P}) to match grad, "
+                f"got {tuple(fisher.shape)}"
+            )
 
         def matvec(v):
             return fisher @ v
@@ -237,11 +276,15 @@ def kl_constrained_step(
         d = conjugate_gradient(lambda v: matvec(v) + damping * v, grad, iters=cg_iters)
     else:
         raise ValueError(
-            f"fisher_or_matvec must be a (P, P) tensor or a callable v -> F v, got {type(fisher_or_matvec).__name__}"
+            "fisher_or_matvec must be a (P, P) tensor or a callable v -> F v, "
+            f"got {type(fisher_or_matvec).__name__}"
         )
     dFd = float(d @ matvec(d))
     if not math.isfinite(dFd):
-        raise ValueError(f"d^T F d is not finite ({dFd}): fisher_or_matvec or grad holds NaN or infinite values")
+        raise ValueError(
+            f"d^T F d is not finite ({dFd}): "
+            "fisher_or_matvec or grad holds NaN or infinite values"
+        )
     scale = math.sqrt(2 * max_kl / dFd) if dFd > 0 else 0.0
     step = scale * d
     info = {
@@ -253,15 +296,17 @@ def kl_constrained_step(
     return step, info
 
 
-# -- moving the parameters ----------------------------------------------------------------------------------
+# -- moving the parameters -------------------------------------------------------------
 def get_flat_params(policy: torch.nn.Module) -> torch.Tensor:
-    """A detached copy of the parameters as one flat vector ``(P,)`` in :func:`~policygrad.exact.flat_params` order."""
+    """A detached copy of the parameters as one flat vector `(P,)` in
+    `policygrad.exact.flat_params` order."""
     _num_params(policy)
     return torch.cat([p.detach().reshape(-1) for p in flat_params(policy)]).clone()
 
 
 def set_flat_params(policy: torch.nn.Module, flat: torch.Tensor) -> None:
-    """Overwrite the parameters with a flat vector ``(P,)`` (the inverse of :func:`get_flat_params`), in place."""
+    """Overwrite the parameters with a flat vector `(P,)` (the inverse of
+    `get_flat_params`), in place."""
     P = _num_params(policy)
     _check_vector(flat, "flat", P)
     with torch.no_grad():
@@ -272,9 +317,10 @@ def set_flat_params(policy: torch.nn.Module, flat: torch.Tensor) -> None:
 
 
 def apply_flat_step(policy: torch.nn.Module, step: torch.Tensor) -> None:
-    """Add a flat vector ``(P,)`` to the parameters in place: :math:`\\theta\\leftarrow\\theta+\\Delta`.
+    """Add a flat vector `(P,)` to the parameters in place: θ ← θ + Δ.
 
-    Undo it with ``set_flat_params(policy, saved)`` where ``saved = get_flat_params(policy)`` was taken before.
+    Undo it with `set_flat_params(policy, saved)` where
+    `saved = get_flat_params(policy)` was taken before.
     """
     P = _num_params(policy)
     _check_vector(step, "step", P)
@@ -290,19 +336,23 @@ def trpo_line_search(
     backtrack: float = 0.5,
     max_backtracks: int = 10,
 ) -> float:
-    """TRPO's backtracking line search along ``step``, with the exact KL and objective.
+    """TRPO's backtracking line search along `step`, with the exact KL and objective.
 
-    Tries :math:`\\theta_\\text{old}+f\\Delta` for :math:`f=1,\\beta,\\beta^2,\\dots,\\beta^{n-1}`
-    (``backtrack`` :math:`\\beta`, ``max_backtracks`` :math:`n` tries) and accepts the first point where the
-    exact :math:`\\mathbb E_{x\\sim\\rho}\\mathrm{KL}(p_{\\theta_\\text{old}}\\|p_\\theta)\\le` ``max_kl`` *and*
-    :math:`J(\\theta)>J(\\theta_\\text{old})`. The policy is left at the accepted point and ``f`` is returned;
-    if no try is accepted the policy is restored to :math:`\\theta_\\text{old}` and 0.0 is returned.
+    Tries θ_old + f Δ for f = 1, β, β^2, ..., β^(n-1) (`backtrack` β,
+    `max_backtracks` n tries) and accepts the first point where the exact
+    E_{x∼ρ} KL(p_θ_old ‖ p_θ) ≤ `max_kl` *and* J(θ) > J(θ_old). The policy is
+    left at the accepted point and `f` is returned; if no try is accepted the
+    policy is restored to θ_old and 0.0 is returned.
     """
     _check_problem(problem)
     P = _num_params(policy)
     _check_vector(step, "step", P)
     max_kl = _check_number(max_kl, "max_kl", positive=True)
-    if isinstance(backtrack, bool) or not isinstance(backtrack, (int, float)) or not 0 < backtrack < 1:
+    if (
+        isinstance(backtrack, bool)
+        or not isinstance(backtrack, (int, float))
+        or not 0 < backtrack < 1
+    ):
         raise ValueError(f"backtrack must be a number in (0, 1), got {backtrack!r}")
     check_positive_int(max_backtracks, "max_backtracks")
     old = copy.deepcopy(policy)

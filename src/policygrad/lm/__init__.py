@@ -1,5 +1,5 @@
-"""Language models: TinyGPT (policy and critic), the verifiable character-level tasks, and the shipped
-warm-start checkpoints.
+"""Language models: TinyGPT (policy and critic), the verifiable character-level tasks,
+and the shipped warm-start checkpoints.
 """
 
 from __future__ import annotations

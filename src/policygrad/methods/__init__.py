@@ -1,9 +1,10 @@
-"""Methods: one reward-side recipe + one trajectory-side recipe + sampling options, in one registry.
+"""Methods: one reward-side recipe + one trajectory-side recipe + sampling options.
 
-:mod:`.base` holds the :class:`Method` type and the registry (:func:`get_method`); each family has its
-own module (:mod:`.reinforce`, :mod:`.ppo`, :mod:`.rlhf`, :mod:`.group_relative` for GRPO);
-importing this package registers them in that order. :mod:`.recipes` and :mod:`.frameworks` say how
-each runs in TRL and verl (:func:`to_trl`, :func:`to_verl`, :func:`frameworks_table`).
+Every method sits in one registry: `base` holds the `Method` type and the registry
+(`get_method`); each family has its own module (`reinforce`, `ppo`, `rlhf`,
+`group_relative` for GRPO); importing this package registers them in that order.
+`recipes` and `frameworks` say how each runs in TRL and verl (`to_trl`, `to_verl`,
+`frameworks_table`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 # the order of these imports is the registration order
 # isort: off
 from . import recipes, base, reinforce, ppo, rlhf, group_relative, frameworks
+
 # isort: on
 from .base import (
     METHODS,
@@ -24,7 +26,14 @@ from .base import (
     methods_table,
     register,
 )
-from .frameworks import framework_details, frameworks_table, hydra_value, recipe, to_trl, to_verl
+from .frameworks import (
+    framework_details,
+    frameworks_table,
+    hydra_value,
+    recipe,
+    to_trl,
+    to_verl,
+)
 from .group_relative import grpo, grpo_advantages, grpo_loss, grpo_trl, grpo_verl
 from .ppo import ppo_kl_loss, ppo_loss
 from .recipes import FRAMEWORKS, TRL_VERSION, VERL_VERSION, Recipe, Unsupported

@@ -1,10 +1,11 @@
-"""The :class:`Method` type and the registry.
+"""The `Method` type and the registry.
 
-A :class:`Method` names one reward-side recipe and one trajectory-side recipe, how to sample (group
-size, inner epochs) and its metadata: the paper, which side(s) it changes relative to plain REINFORCE
-and why, what it leaves unsolved, and the names TRL and verl use for it. The registry (:data:`METHODS`,
-:func:`get_method`) is the single source for the training loop, the comparison tables and the map of
-methods. Introduced in {ref}`sec-tinylm-methods`.
+A `Method` names one reward-side recipe and one trajectory-side recipe, how to sample
+(group size, inner epochs) and its metadata: the paper, which side(s) it changes
+relative to plain REINFORCE and why, what it leaves unsolved, and the names TRL and verl
+use for it. The registry (`METHODS`, `get_method`) is the single source for the
+training loop, the comparison tables and the map of methods. Introduced in chapter 4
+("Methods: one recipe per side").
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ __all__ = [
 SIDES = ("reward", "trajectory")
 
 
-#: A reward-side recipe: the batch -> per-token weights ``(B, T)`` (0 where the loss mask is 0).
+#: A reward-side recipe: the batch -> per-token weights `(B, T)` (0 where the loss mask
+#: is 0).
 AdvantageFn = Callable[[RolloutBatch], torch.Tensor]
 
 
-#: A trajectory-side recipe: ``(log_probs (B, T) with gradient, batch, advantages (B, T))`` ->
-#: ``(loss, stats)``; loss = −surrogate, stats a dict of floats (e.g. ``clip_frac``).
+#: A trajectory-side recipe:
+#: `(log_probs (B, T) with gradient, batch, advantages (B, T))` -> `(loss, stats)`;
+#: loss = −surrogate, stats a dict of floats (e.g. `clip_frac`).
 LossFn = Callable[[torch.Tensor, RolloutBatch, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
@@ -49,21 +52,24 @@ LossFn = Callable[[torch.Tensor, RolloutBatch, torch.Tensor], tuple[torch.Tensor
 class Method:
     """A named policy-gradient method.
 
-    name: registry key; title: how the book names it; advantages: the reward-side recipe; loss: the
-    trajectory-side recipe; group_size: completions sampled per prompt (``G``); inner_epochs and
-    minibatches: passes over each batch and optimiser steps per pass (1 and 1 = on-policy);
-    needs_reference: whether the loss reads ``batch.ref_log_probs``; changes: the side(s) it changes
-    relative to plain REINFORCE (a subset of :data:`SIDES`; empty for REINFORCE itself); paper: a
-    ``references.bib`` key; why: the problem the change addresses; unsolved: what it leaves open;
-    trl, verl: how the method runs in that framework — a :class:`~policygrad.methods.recipes.Recipe`
-    (trainer and settings) or an :class:`~policygrad.methods.recipes.Unsupported` (why it cannot), None
-    only for ad-hoc methods (every registered one has both; see :func:`policygrad.methods.to_trl`);
+    name: registry key; title: how the book names it; advantages: the reward-side
+    recipe; loss: the trajectory-side recipe; group_size: completions sampled per prompt
+    (`G`); inner_epochs and minibatches: passes over each batch and optimiser steps per
+    pass (1 and 1 = on-policy); needs_reference: whether the loss reads
+    `batch.ref_log_probs`; changes: the side(s) it changes relative to plain REINFORCE
+    (a subset of `SIDES`; empty for REINFORCE itself); paper: a `references.bib` key;
+    why: the problem the change addresses; unsolved: what it leaves open; trl, verl: how
+    the method runs in that framework — a `Recipe` (trainer and settings) or an
+    `Unsupported` (why it cannot), both from `policygrad.methods.recipes`; None only for
+    ad-hoc methods (every registered one has both; see `policygrad.methods.to_trl`);
     section: the label of the book section that derives it.
 
-    Methods with a critic (a learned value model) also give value_targets (the batch -> the critic's
-    regression targets ``(B, T)``) and value_loss (``(values (B, T) with gradient, batch, targets)`` -> the
-    critic's loss); :func:`policygrad.train.train` then keeps a critic, puts its values of the sampled states in
-    ``batch.values`` before the advantages are computed, and trains it alongside the policy.
+    Methods with a critic (a learned value model) also give value_targets (the batch ->
+    the critic's regression targets `(B, T)`) and value_loss
+    (`(values (B, T) with gradient, batch, targets)` -> the critic's loss);
+    `policygrad.train.train` then keeps a critic, puts its values of the sampled states
+    in `batch.values` before the advantages are computed, and trains it alongside the
+    policy.
     """
 
     name: str
@@ -82,43 +88,55 @@ class Method:
     verl: Recipe | Unsupported | None = None
     section: str = ""
     value_targets: AdvantageFn | None = None
-    value_loss: Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None = None
+    value_loss: (
+        Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None
+    ) = None
     extra: dict = field(default_factory=dict)
 
     @property
     def needs_critic(self) -> bool:
-        """Whether the method trains a value model (it defines value_targets and value_loss)."""
+        """Whether it trains a value model (it defines value_targets and value_loss)."""
         return self.value_loss is not None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"method name must be an identifier-like string, got {self.name!r}")
+            raise ValueError(
+                f"method name must be an identifier-like string, got {self.name!r}"
+            )
         if not callable(self.advantages) or not callable(self.loss):
             raise ValueError("advantages and loss must be callables")
         for attr in ("group_size", "inner_epochs", "minibatches"):
             check_positive_int(getattr(self, attr), attr)
         bad = [s for s in self.changes if s not in SIDES]
         if bad or len(set(self.changes)) != len(self.changes):
-            raise ValueError(f"changes must be distinct entries of {SIDES}, got {self.changes!r}")
+            raise ValueError(
+                f"changes must be distinct entries of {SIDES}, got {self.changes!r}"
+            )
         if (self.value_targets is None) != (self.value_loss is None):
-            raise ValueError("a method with a critic needs both value_targets and value_loss (or neither)")
+            raise ValueError(
+                "a method with a critic needs both value_targets and value_loss "
+                "(or neither)"
+            )
         for attr in ("value_targets", "value_loss"):
             if getattr(self, attr) is not None and not callable(getattr(self, attr)):
                 raise ValueError(f"{attr} must be a callable or None")
         for attr in ("trl", "verl"):
             entry = getattr(self, attr)
-            if entry is not None and (not isinstance(entry, (Recipe, Unsupported)) or entry.framework != attr):
+            if entry is not None and (
+                not isinstance(entry, (Recipe, Unsupported)) or entry.framework != attr
+            ):
                 raise ValueError(
-                    f"{attr} must be a Recipe or Unsupported for framework {attr!r} (or None), got {entry!r}"
+                    f"{attr} must be a Recipe or Unsupported for framework {attr!r} "
+                    f"(or None), got {entry!r}"
                 )
 
 
-#: The registry: name -> :class:`Method`.
+#: The registry: name -> `Method`.
 METHODS: dict[str, Method] = {}
 
 
 def register(method: Method, *, replace: bool = False) -> Method:
-    """Add ``method`` to :data:`METHODS` (ValueError if the name is taken, unless ``replace``)."""
+    """Add `method` to `METHODS` (ValueError if the name is taken, unless `replace`)."""
     if not isinstance(method, Method):
         raise ValueError(f"expected a Method, got {type(method).__name__}")
     if method.name in METHODS and not replace:
@@ -128,7 +146,7 @@ def register(method: Method, *, replace: bool = False) -> Method:
 
 
 def get_method(method: str | Method) -> Method:
-    """The registered method of that name (a :class:`Method` is returned as is)."""
+    """The registered method of that name (a `Method` is returned as is)."""
     if isinstance(method, Method):
         return method
     if not isinstance(method, str) or method not in METHODS:
@@ -142,18 +160,28 @@ def method_names() -> list[str]:
 
 
 def framework_name(entry: Recipe | Unsupported | None) -> str:
-    """A short name for a method's entry in one framework: the trainer and its key setting, or "—"."""
+    """A short name for a method's entry in one framework.
+
+    The trainer and its key setting, or "—".
+    """
     if not isinstance(entry, Recipe):
         return "—"
     key = {"trl": "loss_type", "verl": "algorithm.adv_estimator"}[entry.framework]
     name = entry.trainer.rsplit(".", 1)[-1] if entry.framework == "trl" else ""
     value = entry.settings.get(key)
     setting = f"{key.rsplit('.', 1)[-1]}={value}" if value is not None else ""
-    return f"{name} ({setting})" if name and setting else (name or setting or entry.trainer)
+    return (
+        f"{name} ({setting})"
+        if name and setting
+        else (name or setting or entry.trainer)
+    )
 
 
 def methods_table() -> list[dict]:
-    """One row per registered method (name, title, sides changed, paper, TRL and verl names), for tables."""
+    """One row per registered method, for tables.
+
+    Each row: name, title, sides changed, paper, TRL and verl names.
+    """
     return [
         {
             "method": m.name,

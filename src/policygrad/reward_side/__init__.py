@@ -1,7 +1,8 @@
-"""The reward side: what multiplies the score :math:`\\nabla_\\theta\\log\\pi_\\theta(y_t\\mid s_t)`.
+"""The reward side: what multiplies the score ∇_θ log π_θ(y_t | s_t).
 
-Returns and GAE, baselines (leave-one-out, group leave-one-out (RLOO), learned), group normalisers and
-whitening, KL reward shaping, the critic's loss. Padded ``(B, T)`` batches with an explicit mask; 0 where the mask is 0.
+Returns and GAE, baselines (leave-one-out, group leave-one-out (RLOO), learned), group
+normalisers and whitening, KL reward shaping, the critic's loss. Padded `(B, T)`
+batches with an explicit mask; 0 where the mask is 0.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from .baselines import (
 )
 from .critic import clipped_value_loss, explained_variance
 from .normalise import group_advantages, group_step_advantages, whiten
-from .returns import broadcast_to_tokens, reinforce_weights, returns_to_go, terminal_to_steps, total_return
+from .returns import (
+    broadcast_to_tokens,
+    reinforce_weights,
+    returns_to_go,
+    terminal_to_steps,
+    total_return,
+)
 from .shaping import kl_shaped_rewards
 from .td import gae, n_step_returns, td_residuals
 

@@ -1,7 +1,7 @@
 """Baselines: the optimal constant, leave-one-out, and a learned tabular value.
 
 Subtracting a baseline that does not depend on the sample keeps the estimator unbiased.
-Derived in {ref}`sec-reinforce-baselines`.
+Derived in chapter 2 ("Baselines").
 """
 
 from __future__ import annotations
@@ -9,31 +9,49 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_float, check_mask, check_positive_int, check_tensor
+from .._checks import (
+    check_finite,
+    check_float,
+    check_mask,
+    check_positive_int,
+    check_tensor,
+)
 from .._tensor import select
 from .masks import _constant_groups
 
-__all__ = ["optimal_constant_baseline", "leave_one_out_baseline", "group_leave_one_out_advantages", "TabularValue"]
+__all__ = [
+    "optimal_constant_baseline",
+    "leave_one_out_baseline",
+    "group_leave_one_out_advantages",
+    "TabularValue",
+]
 
 
 def optimal_constant_baseline(
-    returns: torch.Tensor, score_sq_norms: torch.Tensor, probs: torch.Tensor | None = None
+    returns: torch.Tensor,
+    score_sq_norms: torch.Tensor,
+    probs: torch.Tensor | None = None,
 ) -> float:
-    """The constant :math:`b^*` minimising the total variance of :math:`(R-b)\\nabla\\log p_\\theta(\\tau)`.
+    """The constant b* minimising the total variance of (R - b) ∇log p_θ(τ).
 
-    :math:`b^* = \\mathbb E[\\lVert\\nabla\\log p\\rVert^2 R] / \\mathbb E[\\lVert\\nabla\\log p\\rVert^2]`
-    (eq. {eq}`eq-optimal-baseline`). returns, score_sq_norms: ``(K,)``; probs ``(K,)`` makes the
-    expectation exact (over an enumeration); without it, sample means are used. Derived in
-    {ref}`sec-reinforce-baselines`.
+        b* = E[‖∇log p‖² R] / E[‖∇log p‖²]
 
-    All three are finite float tensors; ``score_sq_norms`` (squared norms) must be non-negative, and ``probs``
-    non-negative weights, not all zero: :math:`b^*` is a ratio of two expectations under the same weights, so
-    they need not be normalised (joint probabilities of one prompt's completions, summing to
-    :math:`\\rho(x)`, give that prompt's :math:`b^*`).
+    (equation (eq-optimal-baseline) of chapter 2). returns, score_sq_norms: `(K,)`;
+    probs `(K,)` makes the expectation exact (over an enumeration); without it,
+    sample means are used. Derived in chapter 2 ("Baselines").
+
+    All three are finite float tensors; `score_sq_norms` (squared norms) must be
+    non-negative, and `probs` non-negative weights, not all zero: b* is a ratio of
+    two expectations under the same weights, so they need not be normalised (joint
+    probabilities of one prompt's completions, summing to ρ(x), give that prompt's
+    b*).
     """
     check_float(returns, "returns", 1)
     check_float(score_sq_norms, "score_sq_norms", 1)
-    returns, score_sq_norms = returns.detach().double(), score_sq_norms.detach().double()
+    returns, score_sq_norms = (
+        returns.detach().double(),
+        score_sq_norms.detach().double(),
+    )
     check_finite(returns, "returns")
     check_finite(score_sq_norms, "score_sq_norms")
     if returns.shape != score_sq_norms.shape:
@@ -54,16 +72,21 @@ def optimal_constant_baseline(
             raise ValueError("probs are all zero: they weigh nothing")
     den = (w * score_sq_norms).sum()
     if float(den) <= 0:
-        raise ValueError("all score norms are zero: the baseline is undefined (the gradient is zero anyway)")
+        raise ValueError(
+            "all score norms are zero: the baseline is undefined "
+            "(the gradient is zero anyway)"
+        )
     return float((w * score_sq_norms * returns).sum() / den)
 
 
 def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
-    """For each sample, the mean of the *other* samples: :math:`b_i = \\frac{1}{N-1}\\sum_{j\\ne i} v_j`.
+    """For each sample, the mean of the *other* samples:
+    b_i = 1/(N-1) Σ_{j≠i} v_j.
 
-    values: ``(N,)`` returns, or ``(N, T)`` per-token weights (averaged over the batch dimension only).
-    Because :math:`b_i` does not depend on sample :math:`i`, subtracting it keeps REINFORCE unbiased
-    (eq. {eq}`eq-loo-baseline`). Needs ``N >= 2``. Derived in {ref}`sec-reinforce-baselines`.
+    values: `(N,)` returns, or `(N, T)` per-token weights (averaged over the batch
+    dimension only). Because b_i does not depend on sample i, subtracting it keeps
+    REINFORCE unbiased (equation (eq-loo-baseline) of chapter 2). Needs `N >= 2`.
+    Derived in chapter 2 ("Baselines").
     """
     check_float(values, "values", (1, 2))
     check_finite(values, "values")
@@ -73,40 +96,60 @@ def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
     return (values.sum(0, keepdim=True) - values) / (n - 1)
 
 
-def group_leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+def group_leave_one_out_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor
+) -> torch.Tensor:
     """RLOO: each reward minus the mean reward of the *other* rows of its group.
 
-    :math:`A_i = R_i - \\frac{1}{G_g-1}\\sum_{j \\in g,\\ j\\ne i} R_j = \\frac{G_g}{G_g-1}(R_i - \\bar R_g)`, the
-    leave-one-out baseline of eq. {eq}`eq-loo-baseline` within each group (the completions of one prompt).
-    rewards ``(B,)`` finite floats; group_ids ``(B,)`` an integer tensor: rows with the same id form a group
-    (they need not be contiguous, and groups may differ in size). A group of one row has no one to compare with
-    and is a ValueError. The baseline of row :math:`i` does not depend on :math:`R_i`
-    (:math:`\\partial A_i/\\partial R_i = 1`, :math:`\\partial A_j/\\partial R_i = -1/(G_g-1)`), so the estimate
-    stays unbiased. Advantages sum to 0 within every group, and are exactly 0 for a group whose rewards are
-    equal up to round-off (spread :math:`\\le 16\\,\\epsilon_\\text{dtype}\\max(1, \\max|R|)`, the rule of
-    :func:`policygrad.reward_side.group_advantages`). Computed in float64, returned in the dtype of rewards.
+        A_i = R_i - 1/(G_g-1) Σ_{j∈g, j≠i} R_j = G_g/(G_g-1) · (R_i - R̄_g)
 
-    The same estimator as verl's ``compute_rloo_outcome_advantage`` (``verl/trainer/ppo/core_algos.py``:
-    ``R * G/(G-1) - mean * G/(G-1)``, groups by an index array; a group of one keeps its raw reward there, and
-    gets 0 in ``compute_rloo_vectorized_outcome_advantage``) and TRL's ``RLOOTrainer``
-    (``trl/trainer/rloo_trainer.py``, ``_generate_and_score_completions``: ``R - (sum_g - R)/(G - 1)`` over
-    contiguous groups of ``num_generations``, then optionally whitened over the batch; with ``beta=0.0``, as its
-    default ``beta=0.05`` first subtracts the sequence's summed k1 KL from the reward). Returns ``(B,)``.
-    Derived in {ref}`sec-reinforce-baselines`; GRPO's group mean rescaled to it in eq. {eq}`eq-grpo-loo`.
+    This is the leave-one-out baseline b_i = 1/(N-1) Σ_{j≠i} R_j of chapter 2 within
+    each group (the completions of one prompt). rewards `(B,)` finite floats; group_ids
+    `(B,)` an integer tensor: rows with the same id form a group (they need not be
+    contiguous, and groups may differ in size). A group of one row has no one to compare
+    with and is a ValueError. The baseline of row i does not depend on R_i
+    (∂A_i/∂R_i = 1, ∂A_j/∂R_i = -1/(G_g-1)), so the estimate stays unbiased.
+    Advantages sum to 0 within every group, and are exactly 0 for a group whose rewards
+    are equal up to round-off (spread ≤ 16 ε_dtype max(1, max|R|), the rule of
+    `policygrad.reward_side.group_advantages`). Computed in float64, returned in the
+    dtype of rewards.
+
+    The same estimator as verl's `compute_rloo_outcome_advantage`
+    (`verl/trainer/ppo/core_algos.py`: `R * G/(G-1) - mean * G/(G-1)`, groups by an
+    index array; a group of one keeps its raw reward there, and gets 0 in
+    `compute_rloo_vectorized_outcome_advantage`) and TRL's `RLOOTrainer`
+    (`trl/trainer/rloo_trainer.py`, `_generate_and_score_completions`:
+    `R - (sum_g - R)/(G - 1)` over contiguous groups of `num_generations`, then
+    optionally whitened over the batch; with `beta=0.0`, as its default `beta=0.05`
+    first subtracts the sequence's summed k1 KL from the reward). Returns `(B,)`.
+    Derived in chapter 2 ("Baselines"); GRPO's group mean rescaled to it in
+    chapter 7: R_i - R̄ = (G-1)/G · (R_i - R̄_-i).
     """
     check_float(rewards, "rewards", 1)
     check_tensor(group_ids, "group_ids", 1)
-    if group_ids.dtype == torch.bool or group_ids.is_floating_point() or group_ids.is_complex():
-        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    if (
+        group_ids.dtype == torch.bool
+        or group_ids.is_floating_point()
+        or group_ids.is_complex()
+    ):
+        raise ValueError(
+            f"group_ids must be an integer tensor, got dtype {group_ids.dtype}"
+        )
     if group_ids.shape != rewards.shape:
-        raise ValueError(f"group_ids must have shape {tuple(rewards.shape)}, got {tuple(group_ids.shape)}")
+        raise ValueError(
+            f"group_ids must have shape {tuple(rewards.shape)}, "
+            f"got {tuple(group_ids.shape)}"
+        )
     if rewards.numel() == 0:
         raise ValueError("rewards is empty: there is no group to compare within")
     check_finite(rewards, "rewards")
     ids, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     if bool((counts < 2).any()):
         lone = ids[counts < 2].tolist()
-        raise ValueError(f"group id {lone[0]} has a single row: leave-one-out needs >= 2 rows per group (lone: {lone})")
+        raise ValueError(
+            f"group id {lone[0]} has a single row: "
+            f"leave-one-out needs >= 2 rows per group (lone: {lone})"
+        )
     r = rewards.to(torch.float64)
     n = counts.to(torch.float64)
 
@@ -114,7 +157,8 @@ def group_leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tenso
         return (x.new_zeros(len(ids)).index_add(0, inv, x) / n)[inv]
 
     centred = r - group_mean(r)
-    centred = centred - group_mean(centred)  # a second pass: the group sums are 0 to round-off of |A|, not |R|
+    # a second pass: the group sums are 0 to round-off of |A|, not |R|
+    centred = centred - group_mean(centred)
     adv = centred * (n / (n - 1))[inv]
     inf = torch.full_like(n, float("inf"))
     lo = inf.scatter_reduce(0, inv, r.detach(), "amin")
@@ -125,11 +169,12 @@ def group_leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tenso
 
 
 class TabularValue(nn.Module):
-    """A learned state-dependent baseline :math:`b_\\phi(s)`: one number per state, fitted by regression.
+    """A learned state-dependent baseline b_φ(s): one number per state, fitted by
+    regression.
 
-    ``fit`` takes SGD steps on the squared error to the observed returns. Used as a baseline it keeps
-    REINFORCE unbiased as long as it is fitted on *earlier* samples than those it is applied to.
-    Derived in {ref}`sec-reinforce-baselines`.
+    `fit` takes SGD steps on the squared error to the observed returns. Used as a
+    baseline it keeps REINFORCE unbiased as long as it is fitted on *earlier* samples
+    than those it is applied to. Derived in chapter 2 ("Baselines").
     """
 
     def __init__(self, num_states: int, init: float = 0.0) -> None:
@@ -138,20 +183,25 @@ class TabularValue(nn.Module):
         self.table = nn.Parameter(torch.full((num_states,), float(init)))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """Values of integer ``states`` (any shape)."""
-        if states.numel() and (int(states.min()) < 0 or int(states.max()) >= self.table.shape[0]):
+        """Values of integer `states` (any shape)."""
+        if states.numel() and (
+            int(states.min()) < 0 or int(states.max()) >= self.table.shape[0]
+        ):
             raise ValueError(f"states must lie in [0, {self.table.shape[0] - 1}]")
         return self.table[states.long()]
 
     @torch.no_grad()
-    def fit(self, states: torch.Tensor, targets: torch.Tensor, lr: float = 0.1, mask=None) -> float:
-        """One step of :math:`b(s) \\leftarrow b(s) + \\text{lr}\\cdot\\text{mean}(G - b(s))` per visited state.
+    def fit(
+        self, states: torch.Tensor, targets: torch.Tensor, lr: float = 0.1, mask=None
+    ) -> float:
+        """One step of b(s) ← b(s) + lr · mean(G - b(s)) per visited state.
 
         Returns the mean squared error before the step.
         """
         if states.shape != targets.shape:
             raise ValueError(
-                f"states and targets must have the same shape, got {tuple(states.shape)} and {tuple(targets.shape)}"
+                "states and targets must have the same shape, "
+                f"got {tuple(states.shape)} and {tuple(targets.shape)}"
             )
         check_float(targets, "targets")
         sel = torch.ones_like(targets, dtype=torch.bool)

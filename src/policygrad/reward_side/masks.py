@@ -1,9 +1,10 @@
-"""Validation of per-token rewards and masks shared by the reward-side functions, and the round-off rule
-that decides when a group of rewards is constant.
+"""Validation of per-token rewards and masks shared by the reward-side functions, and
+the round-off rule that decides when a group of rewards is constant.
 
-Every helper returns the mask as a **boolean selection** ``(mask != 0)``: the reward side masks by
-selection (:func:`policygrad._tensor.select`), never by multiplication, so a NaN, an infinity or garbage on
-a padded position can neither reach a result nor a gradient (``inf * 0`` is NaN; ``where`` drops it).
+Every helper returns the mask as a **boolean selection** `(mask != 0)`: the reward
+side masks by selection (`policygrad._tensor.select`), never by multiplication, so a
+NaN, an infinity or garbage on a padded position can neither reach a result nor a
+gradient (`inf * 0` is NaN; `where` drops it).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import torch
 
 from .._checks import check_finite, check_float, check_mask, check_tensor
 
-#: A group whose values spread (max - min) by at most this many machine epsilons of the input dtype (float32's
-#: for half precision), relative to max(1, max|x|), is constant: its advantages are exactly 0
-#: (see :func:`_constant_groups`).
+#: A group whose values spread (max - min) by at most this many machine epsilons of
+#: the input dtype (float32's for half precision), relative to max(1, max|x|), is
+#: constant: its advantages are exactly 0 (see `_constant_groups`).
 CONSTANT_ULPS = 16
 
 
-def _check_rewards_mask(rewards: torch.Tensor, mask: torch.Tensor, name: str = "rewards") -> torch.Tensor:
-    """Float ``rewards (B, T)``, a 0/1 ``mask`` of the same shape, rewards finite where it is 1. Returns the
-    boolean selection. An empty mask is allowed (every completion masked out): the results are all 0."""
+def _check_rewards_mask(
+    rewards: torch.Tensor, mask: torch.Tensor, name: str = "rewards"
+) -> torch.Tensor:
+    """Float `rewards (B, T)`, a 0/1 `mask` of the same shape, rewards finite where it
+    is 1. Returns the boolean selection. An empty mask is allowed (every completion
+    masked out): the results are all 0."""
     check_float(rewards, name, 2)
     sel = check_mask(mask, "mask", rewards.shape, allow_empty=True) != 0
     check_finite(rewards, name, mask=sel)
@@ -30,24 +34,36 @@ def _check_rewards_mask(rewards: torch.Tensor, mask: torch.Tensor, name: str = "
 
 
 def _check_seq_mask(mask: torch.Tensor, B: int) -> torch.Tensor:
-    """A 0/1 ``mask (B, T)`` that may be empty. Returns the boolean selection."""
+    """A 0/1 `mask (B, T)` that may be empty. Returns the boolean selection."""
     check_tensor(mask, "mask", 2)
     if mask.shape[0] != B:
         raise ValueError(f"mask must have {B} rows, got shape {tuple(mask.shape)}")
     return check_mask(mask, "mask", allow_empty=True) != 0
 
 
-def _check_like(x: torch.Tensor, name: str, shape: torch.Size, sel: torch.Tensor, ref: str = "rewards") -> None:
-    """Float ``x`` of exactly ``shape`` (no broadcasting), finite where ``sel`` is True."""
+def _check_like(
+    x: torch.Tensor,
+    name: str,
+    shape: torch.Size,
+    sel: torch.Tensor,
+    ref: str = "rewards",
+) -> None:
+    """Float `x` of exactly `shape` (no broadcasting), finite where `sel` is True."""
     check_float(x, name, len(shape))
     if x.shape != shape:
-        raise ValueError(f"{name} must have the shape of {ref} {tuple(shape)}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have the shape of {ref} {tuple(shape)}, got {tuple(x.shape)}"
+        )
     check_finite(x, name, mask=sel)
 
 
 def _check_number(value, name: str, *, signed: bool = False) -> float:
-    """A finite real number (not a bool); non-negative unless ``signed``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite real number (not a bool); non-negative unless `signed`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not signed and value < 0:
         raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
@@ -60,15 +76,24 @@ def _check_flag(value, name: str) -> bool:
     return value
 
 
-def _constant_groups(lo: torch.Tensor, hi: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """True where a group is constant up to round-off: ``hi - lo <= 16 * eps(dtype) * max(1, absmax)``.
+def _constant_groups(
+    lo: torch.Tensor, hi: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """True where a group is constant up to round-off:
+    `hi - lo <= 16 * eps(dtype) * max(1, absmax)`.
 
-    ``lo``, ``hi``, ``absmax``: the group's min, max and max absolute value; ``dtype``: the dtype the values
-    came in (its epsilon, or float32's for half precision, sets the tolerance). Exact equality is not
-    enough: ``0.1 + 0.2`` and ``0.3`` differ in
-    the last bit, and dividing that difference by a standard deviation of 1e-17 gives advantages of order 1.
+    `lo`, `hi`, `absmax`: the group's min, max and max absolute value; `dtype`: the
+    dtype the values came in (its epsilon, or float32's for half precision, sets the
+    tolerance). Exact equality is not enough: `0.1 + 0.2` and `0.3` differ in the
+    last bit, and dividing that difference by a standard deviation of 1e-17 gives
+    advantages of order 1.
     """
-    # half-precision inputs use float32's epsilon: their values are exact, and a bfloat16 tolerance (0.125 at
-    # |r| <= 1) would silently zero real reward differences
-    tol = CONSTANT_ULPS * torch.finfo(torch.promote_types(dtype, torch.float32)).eps * absmax.clamp_min(1.0)
+    # half-precision inputs use float32's epsilon: their values are exact, and a
+    # bfloat16 tolerance (0.125 at |r| <= 1) would silently zero real reward
+    # differences
+    tol = (
+        CONSTANT_ULPS
+        * torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+        * absmax.clamp_min(1.0)
+    )
     return (hi - lo) <= tol

@@ -1,8 +1,8 @@
-"""The trajectory side: how the score :math:`\\nabla_\\theta\\log p_\\theta(\\tau)` is formed and aggregated.
+"""The trajectory side: how the score ∇_θ log p_θ(τ) is formed and aggregated.
 
-Per-token log-probabilities and entropies, the REINFORCE surrogate, importance ratios, PPO's clip
-family, aggregation modes, KL estimators, masks. Depends only on :mod:`policygrad.rollout` and the
-low-level helpers. Loss = −surrogate, always.
+Per-token log-probabilities and entropies, the REINFORCE surrogate, importance ratios,
+PPO's clip family, aggregation modes, KL estimators, masks. Depends only on
+`policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Aggregation: the named ways of turning per-token losses ``(B, T)`` into one number.
+"""Aggregation: the named ways of turning per-token losses `(B, T)` into one number.
 
-Used from {ref}`sec-ppo-clip` on; chapter 9 studies their length bias.
+Used from chapter 5 ("PPO: a pessimistic, clipped surrogate") on; chapter 9 (planned)
+studies their length bias.
 """
 
 from __future__ import annotations
@@ -13,8 +14,15 @@ from .masks import check_per_token
 
 __all__ = ["AGGREGATIONS", "aggregation_weights", "aggregate"]
 
-#: The named ways of turning per-token losses ``(B, T)`` into one number (see :func:`aggregate`).
-AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm", "seq-mean-token-sum", "token-sum")
+#: The named ways of turning per-token losses `(B, T)` into one number (see
+#: `aggregate`).
+AGGREGATIONS = (
+    "seq-mean-token-mean",
+    "token-mean",
+    "seq-mean-token-sum-norm",
+    "seq-mean-token-sum",
+    "token-sum",
+)
 
 
 def _check_mode(mode: str) -> None:
@@ -23,13 +31,17 @@ def _check_mode(mode: str) -> None:
 
 
 def aggregation_weights(
-    mask: torch.Tensor, mode: str, *, max_len: int | None = None, dtype: torch.dtype = torch.float32
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    max_len: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The weight :math:`w_{i,t}` each token gets in :func:`aggregate`: ``aggregate(L) = sum(w * L)``.
+    """The weight w_{i,t} each token gets in `aggregate`: `aggregate(L) = sum(w * L)`.
 
-    ``(B, T)``, 0 off the mask; see :func:`aggregate` for the modes. It is what makes the aggregations
-    comparable: e.g. ``"seq-mean-token-mean"`` gives a token of a completion of length :math:`|o_i|`
-    the weight :math:`1/(B|o_i|)`, ``"token-mean"`` gives every token :math:`1/\\sum m`.
+    `(B, T)`, 0 off the mask; see `aggregate` for the modes. It is what makes the
+    aggregations comparable: e.g. `"seq-mean-token-mean"` gives a token of a completion
+    of length |o_i| the weight 1/(B·|o_i|), `"token-mean"` gives every token 1/Σ m.
     """
     m = check_per_token(torch.zeros(mask.shape, dtype=dtype), mask, "mask")
     _check_mode(mode)
@@ -44,37 +56,48 @@ def aggregation_weights(
     elif mode == "token-sum":
         w = mf
     else:
-        w = mf / (B * (T if max_len is None else check_positive_int(max_len, "max_len")))
+        w = mf / (
+            B * (T if max_len is None else check_positive_int(max_len, "max_len"))
+        )
     return w
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len: int | None = None) -> torch.Tensor:
-    """Reduce per-token values ``(B, T)`` (e.g. per-token losses) over the tokens where ``mask`` is 1.
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce per-token values `(B, T)` (e.g. losses) over the tokens where `mask` is 1.
 
-    With :math:`m_{i,t}` the mask and :math:`|o_i| = \\sum_t m_{i,t}`:
+    With m_{i,t} the mask and |o_i| = Σ_t m_{i,t}:
 
-    * ``"seq-mean-token-mean"``: :math:`\\frac1B\\sum_i \\frac{1}{|o_i|}\\sum_t m_{i,t}L_{i,t}` — each sequence
-      weighs the same, whatever its length (original GRPO);
-    * ``"token-mean"``: :math:`\\sum_{i,t} m_{i,t}L_{i,t} / \\sum_{i,t} m_{i,t}` — each token weighs the same
-      (DAPO; verl's default);
-    * ``"seq-mean-token-sum-norm"``: :math:`\\sum_{i,t} m_{i,t}L_{i,t} / (B\\,L_\\text{max})` with
-      :math:`L_\\text{max}` = ``max_len`` (default ``T``) — a constant normaliser (Dr.GRPO);
-    * ``"seq-mean-token-sum"``: :math:`\\frac1B\\sum_i\\sum_t m_{i,t}L_{i,t}` — the REINFORCE sum
-      (:func:`pg_surrogate`'s normalisation);
-    * ``"token-sum"``: :math:`\\sum_{i,t} m_{i,t}L_{i,t}` — no normaliser at all (the loss of a batch is the
-      sum of its tokens' losses; verl's ``token-sum``).
+    * `"seq-mean-token-mean"`: (1/B) Σ_i (1/|o_i|) Σ_t m_{i,t} L_{i,t} — each
+      sequence weighs the same, whatever its length (original GRPO);
+    * `"token-mean"`: Σ_{i,t} m_{i,t} L_{i,t} / Σ_{i,t} m_{i,t} — each token weighs
+      the same (DAPO; verl's default);
+    * `"seq-mean-token-sum-norm"`: Σ_{i,t} m_{i,t} L_{i,t} / (B·L_max) with
+      L_max = `max_len` (default `T`) — a constant normaliser (Dr.GRPO);
+    * `"seq-mean-token-sum"`: (1/B) Σ_i Σ_t m_{i,t} L_{i,t} — the REINFORCE sum
+      (`pg_surrogate`'s normalisation);
+    * `"token-sum"`: Σ_{i,t} m_{i,t} L_{i,t} — no normaliser at all (the loss of a
+      batch is the sum of its tokens' losses; verl's `token-sum`).
 
-    Edge cases, all defined and never NaN: positions where the mask is 0 are selected away (a NaN there
-    changes nothing); a row with an empty mask contributes 0 to the sequence modes and still counts in
-    :math:`B` (as verl's ``agg_loss`` when its trainer passes ``global_batch_size``; called without it,
-    ``agg_loss`` divides by the number of non-empty rows); an entirely empty mask gives 0
-    with a zero gradient. The sum is taken in at least float32 (half-precision inputs are promoted).
-    Used from {ref}`sec-ppo-clip` on (chapter 9 studies their length bias).
+    Edge cases, all defined and never NaN: positions where the mask is 0 are selected
+    away (a NaN there changes nothing); a row with an empty mask contributes 0 to the
+    sequence modes and still counts in B (as verl's `agg_loss` when its trainer passes
+    `global_batch_size`; called without it, `agg_loss` divides by the number of
+    non-empty rows); an entirely empty mask gives 0 with a zero gradient. The sum is
+    taken in at least float32 (half-precision inputs are promoted). Used from chapter 5
+    ("PPO: a pessimistic, clipped surrogate") on (chapter 9, planned, studies
+    their length bias).
     """
     m = check_per_token(per_token, mask, "per_token")
     _check_mode(mode)
     B, T = per_token.shape
-    masked = select(per_token.to(compute_dtype(per_token)), m)  # half precision is summed in float32
+    # half precision is summed in float32
+    masked = select(per_token.to(compute_dtype(per_token)), m)
     mf = m.to(per_token.dtype)
     if mode == "token-mean":
         return masked.sum() / mf.sum().clamp_min(1.0)

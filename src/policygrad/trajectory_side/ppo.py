@@ -1,9 +1,11 @@
-"""PPO's losses: the clipped surrogate (symmetric, asymmetric, dual-clip) and the KL-penalty form.
+"""PPO's losses: the clipped surrogate and the KL-penalty form.
 
-Both are callable on plain tensors (``logp, old_logp, advantages, mask``); :func:`clip_loss` takes
-log-ratios directly, per token ``(B, T)`` or per sequence ``(B,)``, so the sequence-level ratios of
-:func:`policygrad.trajectory_side.log_ratios` plug into the same clip. Loss = −surrogate, always.
-Derived in {ref}`sec-ppo-clip`, {ref}`sec-ppo-dual-clip` and {ref}`sec-ppo-kl-penalty`.
+The clipped surrogate comes symmetric, asymmetric or with a dual clip. Both losses are
+callable on plain tensors (`logp, old_logp, advantages, mask`); `clip_loss` takes
+log-ratios directly, per token `(B, T)` or per sequence `(B,)`, so the sequence-level
+ratios of `policygrad.trajectory_side.log_ratios` plug into the same clip.
+Loss = −surrogate, always. Derived in chapter 5: "PPO: a pessimistic, clipped
+surrogate", with its sections "Dual-clip" and "The KL-penalty variant".
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ __all__ = ["clip_loss", "ppo_clip_loss", "ppo_kl_penalty_loss"]
 
 def _check_eps(eps_low, eps_high, dual_clip) -> float:
     for name, eps in (("eps_low", eps_low), ("eps_high", eps_high)):
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1):
+        if eps is not None and (
+            isinstance(eps, bool)
+            or not isinstance(eps, (int, float))
+            or not 0 <= eps < 1
+        ):
             raise ValueError(f"{name} must be a number in [0, 1), got {eps!r}")
     if dual_clip is not None and (
-        isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1
+        isinstance(dual_clip, bool)
+        or not isinstance(dual_clip, (int, float))
+        or not dual_clip > 1
     ):
-        raise ValueError(f"dual_clip must be a number > 1 (typically 3), got {dual_clip!r}")
+        raise ValueError(
+            f"dual_clip must be a number > 1 (typically 3), got {dual_clip!r}"
+        )
     return eps_low if eps_high is None else eps_high
 
 
@@ -54,35 +64,42 @@ def clip_loss(
 ):
     """PPO's clipped loss from log importance ratios, and its diagnostics.
 
-    log_ratio: ``(B, T)`` token log-ratios, or ``(B,)`` one per sequence (``log_ratios(..., "sequence")`` or
-    ``"geometric"``, GSPO), which every token of the row shares; it carries the gradient. advantages
-    ``(B, T)`` and mask ``(B, T)``. Per token (loss = −surrogate), with :math:`r = e^{\\log r}`:
+    log_ratio: `(B, T)` token log-ratios, or `(B,)` one per sequence
+    (`log_ratios(..., "sequence")` or `"geometric"`, GSPO), which every token of the row
+    shares; it carries the gradient. advantages `(B, T)` and mask `(B, T)`. Per token
+    (loss = −surrogate), with r = e^(log r):
 
-    .. math::
+        L_{i,t} = −min(r_{i,t} A_{i,t},
+                       clip(r_{i,t}, 1 − ε_low, 1 + ε_high) A_{i,t})
 
-        L_{i,t} = -\\min\\big(r_{i,t}A_{i,t},\\
-        \\mathrm{clip}(r_{i,t}, 1-\\varepsilon_\\text{low}, 1+\\varepsilon_\\text{high})A_{i,t}\\big)
+    `eps_high` defaults to `eps_low` (symmetric; `eps_high > eps_low` is DAPO's
+    clip-higher). `dual_clip=c` (`c > 1`) also caps the loss of a negative-advantage
+    token at −c·A. Reduced by `aggregate` with `aggregation`. The ratio is formed by
+    `policygrad.trajectory_side.safe_ratio` (log-ratio clamped to ±20), so huge
+    log-ratios give finite losses and finite gradients (zero where the clip removes the
+    gradient).
 
-    ``eps_high`` defaults to ``eps_low`` (symmetric; ``eps_high > eps_low`` is DAPO's clip-higher).
-    ``dual_clip=c`` (``c > 1``) also caps the loss of a negative-advantage token at :math:`-cA`. Reduced by
-    :func:`aggregate` with ``aggregation``. The ratio is formed by
-    :func:`policygrad.trajectory_side.safe_ratio` (log-ratio clamped to ±20), so huge log-ratios give
-    finite losses and finite gradients (zero where the clip removes the gradient).
-
-    Returns ``(loss, stats)``, or ``(loss, stats, TokenLosses)`` with ``per_token=True``; stats:
-    ``clip_frac`` (fraction of trained tokens whose gradient the clip removed:
-    :math:`A>0, r>1+\\varepsilon_\\text{high}` or :math:`A<0, r<1-\\varepsilon_\\text{low}`), ``dual_clip_frac``,
-    ``approx_kl`` (mean k3 estimate :math:`(r-1)-\\log r` of :math:`\\mathrm{KL}(\\pi_\\text{old}\\|\\pi_\\theta)`
-    over trained tokens), ``ratio_mean``, ``ratio_max``. Derived in {ref}`sec-ppo-clip` and {ref}`sec-ppo-dual-clip`.
+    Returns `(loss, stats)`, or `(loss, stats, TokenLosses)` with `per_token=True`;
+    stats: `clip_frac` (fraction of trained tokens whose gradient the clip removed:
+    A > 0, r > 1 + ε_high or A < 0, r < 1 − ε_low), `dual_clip_frac`, `approx_kl`
+    (mean k3 estimate (r − 1) − log r of KL(π_old ‖ π_θ) over trained tokens),
+    `ratio_mean`, `ratio_max`. Derived in chapter 5 ("PPO: a pessimistic, clipped
+    surrogate" and its "Dual-clip" section).
     """
     check_float(log_ratio, "log_ratio", (1, 2))
     check_float(advantages, "advantages", 2)
     if log_ratio.dim() == 2 and advantages.shape != log_ratio.shape:
-        raise ValueError(f"advantages must have the shape of the log-ratios {tuple(log_ratio.shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(
+            "advantages must have the shape of the log-ratios "
+            f"{tuple(log_ratio.shape)}, got {tuple(advantages.shape)}"
+        )
     m = check_token_mask(mask, advantages.shape, "advantages")
     if log_ratio.dim() == 1:
         if log_ratio.shape[0] != advantages.shape[0]:
-            raise ValueError(f"a sequence log_ratio must have shape ({advantages.shape[0]},), got {tuple(log_ratio.shape)}")
+            raise ValueError(
+                f"a sequence log_ratio must have shape ({advantages.shape[0]},), got "
+                f"{tuple(log_ratio.shape)}"
+            )
         row = m.any(-1)
         check_finite(log_ratio, "log_ratio", mask=row)
         lr = select(log_ratio, row).unsqueeze(1).expand(advantages.shape)
@@ -128,18 +145,26 @@ def ppo_clip_loss(
     level: str = "token",
     per_token: bool = False,
 ):
-    """PPO's clipped loss with ratios :math:`r = \\pi_\\theta/\\pi_\\text{old}` at ``level`` (:func:`clip_loss` of
-    :func:`policygrad.trajectory_side.log_ratios`).
+    """PPO's clipped loss with ratios r = π_θ / π_old at `level`.
 
-    logp ``(B, T)`` with gradient; old_logp, advantages ``(B, T)`` constants (detached); mask ``(B, T)``.
-    ``level="token"`` is PPO; ``"sequence"`` clips the ratio of whole-sequence probabilities and
-    ``"geometric"`` its per-token geometric mean (GSPO). Everything else as in :func:`clip_loss`.
-    Derived in {ref}`sec-ppo-clip` and {ref}`sec-ppo-dual-clip`.
+    `clip_loss` of `policygrad.trajectory_side.log_ratios`. logp `(B, T)` with gradient;
+    old_logp, advantages `(B, T)` constants (detached); mask `(B, T)`. `level="token"`
+    is PPO; `"sequence"` clips the ratio of whole-sequence probabilities and
+    `"geometric"` its per-token geometric mean (GSPO). Everything else as in
+    `clip_loss`. Derived in chapter 5 ("PPO: a pessimistic, clipped surrogate" and its
+    "Dual-clip" section).
     """
     lr = log_ratios(logp, old_logp, mask, level)
     return clip_loss(
-        lr, advantages, mask, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
-        aggregation=aggregation, max_len=max_len, per_token=per_token,
+        lr,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        dual_clip=dual_clip,
+        aggregation=aggregation,
+        max_len=max_len,
+        per_token=per_token,
     )
 
 
@@ -154,16 +179,23 @@ def ppo_kl_penalty_loss(
     max_len: int | None = None,
     per_token: bool = False,
 ):
-    """The KL-penalty form of PPO: :math:`L_{i,t} = -r_{i,t}A_{i,t} + \\beta\\big((r_{i,t}-1) - \\log r_{i,t}\\big)`.
+    """The KL-penalty form of PPO:
 
-    The second term is the k3 estimate of :math:`\\mathrm{KL}(\\pi_\\text{old}\\|\\pi_\\theta)` from tokens sampled by
-    :math:`\\pi_\\text{old}` (:math:`\\mathbb E_\\text{old}[r] = 1`), so the penalty is 0 with zero gradient at
-    :math:`\\theta = \\theta_\\text{old}` and grows as the policy moves; no clipping. ``beta >= 0`` fixed here; adapt it
-    between steps with :class:`AdaptiveKLController`. The log-ratio is clamped to ±20 as in :func:`clip_loss`.
-    Returns ``(loss, stats)`` (``(loss, stats, TokenLosses)`` with ``per_token=True``) with ``approx_kl``,
-    ``ratio_mean``, ``ratio_max``. Derived in {ref}`sec-ppo-kl-penalty`.
+        L_{i,t} = −r_{i,t} A_{i,t} + β ((r_{i,t} − 1) − log r_{i,t})
+
+    The second term is the k3 estimate of KL(π_old ‖ π_θ) from tokens sampled by
+    π_old (E_old[r] = 1), so the penalty is 0 with zero gradient at θ = θ_old and
+    grows as the policy moves; no clipping. `beta >= 0` fixed here; adapt it between
+    steps with `AdaptiveKLController`. The log-ratio is clamped to ±20 as in
+    `clip_loss`. Returns `(loss, stats)` (`(loss, stats, TokenLosses)` with
+    `per_token=True`) with `approx_kl`, `ratio_mean`, `ratio_max`. Derived in chapter 5
+    ("The KL-penalty variant").
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+    if (
+        isinstance(beta, bool)
+        or not isinstance(beta, (int, float))
+        or not 0 <= beta < math.inf
+    ):
         raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     lr = log_ratios(logp, old_logp, mask, "token")
     m = check_per_token(logp, mask, "logp")

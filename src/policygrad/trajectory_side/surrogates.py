@@ -1,6 +1,7 @@
-"""The score-function (REINFORCE) surrogate whose gradient is the Monte Carlo estimate of the gradient of J.
+"""The score-function (REINFORCE) surrogate.
 
-Derived in {ref}`sec-reinforce-estimator`.
+Its gradient is the Monte Carlo estimate of the gradient of J. Derived in chapter 2
+("The Monte Carlo estimator and its surrogate loss").
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def pg_surrogate(
     aggregation: str = "seq-mean-token-sum",
     max_len: int | None = None,
 ) -> torch.Tensor:
-    """The REINFORCE surrogate :math:`\\frac1B\\sum_i\\sum_t m_{i,t}\\, w_{i,t}\\, \\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
+    """The REINFORCE surrogate:
 
-    logp: ``(B, T)`` with gradient; weights: ``(B, T)`` treated as constants (detached); mask ``(B, T)``.
-    Its gradient is the Monte Carlo estimate of :math:`\\nabla J` (eq. {eq}`eq-reinforce`); its *value*
-    means nothing on its own. The default ``aggregation="seq-mean-token-sum"`` is the :math:`\\frac1B\\sum_i\\sum_t`
-    above (a sum over a sequence's tokens is its log-probability); any mode of
-    :func:`policygrad.trajectory_side.aggregate` can be asked for. Derived in {ref}`sec-reinforce-estimator`.
+        (1/B) Σ_i Σ_t m_{i,t} w_{i,t} log π_θ(y_{i,t} | s_{i,t})
+
+    logp: `(B, T)` with gradient; weights: `(B, T)` treated as constants (detached);
+    mask `(B, T)`. Its gradient is the Monte Carlo estimate of ∇J
+    (equation (eq-reinforce) of chapter 2, ∇J(θ) = E_τ[R(τ) ∇ log p_θ(τ)]); its
+    *value* means nothing on its own. The default `aggregation="seq-mean-token-sum"` is
+    the (1/B) Σ_i Σ_t above (a sum over a sequence's tokens is its log-probability);
+    any mode of `policygrad.trajectory_side.aggregate` can be asked for. Derived in
+    chapter 2 ("The Monte Carlo estimator and its surrogate loss").
     """
     m = check_per_token(logp, mask, "logp")
     w = check_constant(weights, logp, "weights", m)
@@ -46,10 +51,13 @@ def policy_gradient_loss(
     max_len: int | None = None,
     per_token: bool = False,
 ):
-    """The REINFORCE loss on plain tensors: −:func:`pg_surrogate`, per token :math:`L_{i,t} = -A_{i,t}\\log\\pi_\\theta(y_{i,t}\\mid s_{i,t})`.
+    """The REINFORCE loss on plain tensors: −`pg_surrogate`, per token
 
-    Returns ``(loss, stats)`` like every other loss (stats is empty: there is no ratio), or
-    ``(loss, stats, TokenLosses)`` with ``per_token=True``. An empty mask gives 0 with a zero gradient.
+        L_{i,t} = −A_{i,t} log π_θ(y_{i,t} | s_{i,t})
+
+    Returns `(loss, stats)` like every other loss (stats is empty: there is no ratio),
+    or `(loss, stats, TokenLosses)` with `per_token=True`. An empty mask gives 0 with a
+    zero gradient.
     """
     m = check_per_token(logp, mask, "logp")
     A = check_constant(advantages, logp, "advantages", m)
@@ -57,14 +65,26 @@ def policy_gradient_loss(
     loss = aggregate(loss_t, m, aggregation, max_len=max_len)
     if not per_token:
         return loss, {}
-    return loss, {}, TokenLosses(loss_t, aggregation_weights(m, aggregation, max_len=max_len, dtype=loss_t.dtype))
+    return (
+        loss,
+        {},
+        TokenLosses(
+            loss_t,
+            aggregation_weights(m, aggregation, max_len=max_len, dtype=loss_t.dtype),
+        ),
+    )
 
 
-def score_function_gradient(policy: torch.nn.Module, samples: Samples, weights: torch.Tensor) -> torch.Tensor:
-    """The Monte Carlo policy-gradient estimate as a flat vector ``(P,)``: the gradient of :func:`pg_surrogate`.
+def score_function_gradient(
+    policy: torch.nn.Module, samples: Samples, weights: torch.Tensor
+) -> torch.Tensor:
+    """The Monte Carlo policy-gradient estimate as a flat vector `(P,)`.
 
-    weights ``(B, T)`` come from the reward side (e.g. :func:`policygrad.reward_side.reinforce_weights`).
+    The gradient of `pg_surrogate`. weights `(B, T)` come from the reward side (e.g.
+    `policygrad.reward_side.reinforce_weights`).
     """
     logits = policy(samples.prompts, samples.completions)
     logp = token_log_probs(logits, samples.completions)
-    return flat_grad(pg_surrogate(logp, weights, samples.mask), flat_params(policy)).detach()
+    return flat_grad(
+        pg_surrogate(logp, weights, samples.mask), flat_params(policy)
+    ).detach()
