@@ -128,6 +128,8 @@ def test_show_source_returns_the_package_source():
     assert text[len("```python\n") : -len("\n```")] == inspect.getsource(pg.reward_side.gae).rstrip()
     cls = pg.show_source(pg.TabularPolicy)
     assert "class TabularPolicy" in (cls.data if hasattr(cls, "data") else cls)
+    method = pg.show_source(pg.ExactProblem.objective).data  # shown without the class indent
+    assert method.startswith("```python\ndef objective(")
 
 
 def test_show_source_fence_is_longer_than_any_backtick_run_inside():

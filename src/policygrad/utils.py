@@ -93,9 +93,11 @@ def show_source(obj) -> object:
     """
     import inspect
     import re
+    import textwrap
 
     try:
-        src = inspect.getsource(obj)
+        # a method is shown without its class's indent
+        src = textwrap.dedent(inspect.getsource(obj))
     except (TypeError, OSError) as err:
         raise ValueError(f"cannot show the source of {obj!r}: {err}") from None
     try:
