@@ -30,7 +30,7 @@ def test_set_style():
     assert len(set(plotting.COLORS)) == len(plotting.COLORS) == 8
 
 
-@pytest.mark.parametrize("band", ["minmax", "std"])
+@pytest.mark.parametrize("band", ["minmax", "std", "se"])
 def test_seed_band(band):
     curves = np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 6.0]])
     fig, ax = plt.subplots()
@@ -39,10 +39,15 @@ def test_seed_band(band):
     assert line.get_label() == "run"
     (poly,) = ax.collections
     verts = poly.get_paths()[0].vertices
+    half = {
+        "std": curves.std(0),
+        # two seeds: the standard error of the mean is |a - b| / 2
+        "se": np.abs(curves[0] - curves[1]) / 2,
+    }
     lo, hi = (
         (curves.min(0), curves.max(0))
         if band == "minmax"
-        else (curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0))
+        else (curves.mean(0) - half[band], curves.mean(0) + half[band])
     )
     # the band's outline passes through the lower and upper curves
     for x, y_lo, y_hi in zip([0, 1, 2], lo, hi, strict=True):
@@ -50,8 +55,46 @@ def test_seed_band(band):
         assert np.isclose(ys.min(), y_lo) and np.isclose(ys.max(), y_hi)
 
 
+def test_seed_band_markers_on_sparse_curves():
+    fig, ax = plt.subplots()
+    sparse = plotting.seed_band(ax, np.arange(4), np.ones((3, 4)))
+    dense = plotting.seed_band(ax, np.arange(40), np.ones((3, 40)))
+    none = plotting.seed_band(ax, np.arange(4), np.ones((3, 4)), marker="")
+    assert sparse.get_marker() == "o"
+    assert dense.get_marker() in ("None", None, "")
+    assert none.get_marker() in ("None", None, "")
+
+
+def test_panels_fit_the_column():
+    plotting.set_style()
+    assert plt.rcParams["figure.dpi"] >= 150 and plt.rcParams["savefig.dpi"] >= 150
+    fig, axes = plotting.panels(2, 2)
+    assert axes.shape == (2, 2)
+    assert fig.get_figwidth() == plotting.COLUMN_WIDTH
+    fig, ax = plotting.panels(1, 1)
+    assert fig.get_figwidth() < plotting.COLUMN_WIDTH
+    for bad in [(1, 3), (0, 1), (1, 0)]:
+        with pytest.raises(ValueError, match="two panels per row"):
+            plotting.panels(*bad)
+    with pytest.raises(ValueError, match="height"):
+        plotting.panels(1, 2, height=0)
+
+
+def test_band_text():
+    assert plotting.band_text("minmax", 5) == "mean of 5 seeds, band min–max over seeds"
+    assert "standard error" in plotting.band_text("se", 5)
+    with pytest.raises(ValueError, match="band"):
+        plotting.band_text("iqr", 5)
+    with pytest.raises(ValueError, match="n_seeds"):
+        plotting.band_text("se", 0)
+
+
 def test_seed_band_validation():
     fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="points per seed"):
+        plotting.seed_band(ax, [0, 1, 2], [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="two seeds"):
+        plotting.seed_band(ax, [0, 1], [[1.0, 2.0]], band="se")
     with pytest.raises(ValueError, match="2-D"):
         plotting.seed_band(ax, [0, 1], [1.0, 2.0])
     with pytest.raises(ValueError, match="band"):
