@@ -6,7 +6,8 @@ regions. Everything sampled is checked against these.
 from __future__ import annotations
 
 from .._tensor import flat_grad, flat_params
-from . import enumeration, group, kl, trust_region
+from . import ascent, enumeration, group, kl, trust_region
+from .ascent import ascend
 from .enumeration import (
     MAX_ENUMERATION,
     MAX_FISHER_PARAMS,
@@ -47,6 +48,8 @@ from .trust_region import (
 )
 
 __all__ = [
+    "ascent",
+    "ascend",
     "enumeration",
     "group",
     "kl",
