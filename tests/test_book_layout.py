@@ -121,3 +121,41 @@ def test_landing_page_shows_the_current_method_map():
     m = re.search(r"<!-- method-map:start -->\n(.*?)\n<!-- method-map:end -->", text, re.S)
     assert m, "book/index.md lacks the method-map markers"
     assert m.group(1) == method_map(), "the landing page's map is stale: paste method_map()"
+
+
+#: Figures are drawn at 150 dpi and at most `plotting.COLUMN_WIDTH` (6.6 in) wide, about 1000 px;
+#: `bbox_inches="tight"` may add a little for labels outside the axes.
+MAX_FIGURE_PX = 1100
+
+
+def _png_size(b64: str) -> tuple[int, int]:
+    import base64
+    import struct
+
+    raw = base64.b64decode(b64)
+    return struct.unpack(">II", raw[16:24])
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_are_made_for_the_column(nb):
+    """Every figure comes from `pg.plotting.panels` (at most two panels a row, the column's width),
+    is at most MAX_FIGURE_PX wide at 150 dpi, and has a caption (a Markdown cell right after it that
+    starts with "*Figure.*")."""
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    problems = []
+    for i, c in enumerate(cells):
+        if c["cell_type"] != "code":
+            continue
+        src = _text(c["source"])
+        if "plt.subplots(" in src or "plt.figure(" in src:
+            problems.append((i, "uses plt.subplots/plt.figure instead of pg.plotting.panels"))
+        pngs = [o["data"]["image/png"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        for png in pngs:
+            w, _ = _png_size(png)
+            if w > MAX_FIGURE_PX:
+                problems.append((i, f"figure {w} px wide"))
+        if pngs:
+            nxt = cells[i + 1] if i + 1 < len(cells) else None
+            if nxt is None or nxt["cell_type"] != "markdown" or not _text(nxt["source"]).lstrip().startswith("*Figure.*"):
+                problems.append((i, "no '*Figure.*' caption right after the figure"))
+    assert not problems, f"{nb.name}: {problems}"

@@ -880,7 +880,9 @@ def test_registered_ppo_methods():
     for name, loss_fn in (("ppo_clip", ppo_loss), ("ppo_kl", ppo_kl_loss)):
         m = get_method(name)
         assert m.loss is loss_fn and m.advantages is batch_loo_advantages
-        assert m.changes == ("trajectory",) and m.inner_epochs > 1
+        # relative to plain REINFORCE: the batch baseline (reward side) and the ratios
+        # and clip or penalty (trajectory side), by chapter 1's rule
+        assert m.changes == ("reward", "trajectory") and m.inner_epochs > 1
 
 
 @pytest.mark.parametrize("name", ["ppo_clip", "ppo_kl"])

@@ -38,10 +38,11 @@ def test_training_with_eos_improves_the_objective():
     comp, mask = pg.enumerate_completions(3, 3, eos=0)
     R = torch.randn(2, comp.shape[0], generator=torch.Generator().manual_seed(0))
     prob = pg.ExactProblem(torch.arange(2), torch.tensor([0.5, 0.5]), comp, mask, R)
-    pol = pg.TabularPolicy(2, 3, 3, eos=0)
-    h = train_toy_reinforce(pol, prob, steps=40, batch_size=16, lr=1.0, baseline="leave_one_out", seed=0)
-    best = R.max(1).values.mean().item()
-    assert h["objective"][-1] - h["objective"][0] > 0.5 * (best - h["objective"][0])
+    for baseline in ("sequence_leave_one_out", "per_step_leave_one_out"):
+        pol = pg.TabularPolicy(2, 3, 3, eos=0)
+        h = train_toy_reinforce(pol, prob, steps=40, batch_size=16, lr=1.0, baseline=baseline, seed=0)
+        best = R.max(1).values.mean().item()
+        assert h["objective"][-1] - h["objective"][0] > 0.5 * (best - h["objective"][0])
 
 
 def test_history_keys_and_lengths():
@@ -87,8 +88,11 @@ def _reference_training(prob, baseline, steps, batch_size, lr, value_lr, seed, r
         b = torch.zeros_like(G)
         for i in range(batch_size):
             for t in range(2):
-                if baseline == "leave_one_out":
+                if baseline == "per_step_leave_one_out":  # the others' weight at position t
                     b[i, t] = sum(G[j, t] for j in range(batch_size) if j != i) / (batch_size - 1)
+                elif baseline == "sequence_leave_one_out":  # the others' whole return
+                    ret = rewards if rewards.dim() == 1 else rewards.sum(1)
+                    b[i, t] = sum(ret[j] for j in range(batch_size) if j != i) / (batch_size - 1)
                 elif baseline == "learned":
                     b[i, t] = table.get(int(states[i, t]), 0.0)
         logp = pg.trajectory_side.token_log_probs(pol(s.prompts, s.completions), s.completions)
@@ -134,7 +138,9 @@ def test_learned_baseline_is_only_applied_to_later_samples():
         ({"steps": 0}, "steps"),
         ({"batch_size": 0}, "batch_size"),
         ({"baseline": "mean"}, "baseline"),
-        ({"baseline": "leave_one_out", "batch_size": 1}, "leave-one-out"),
+        ({"baseline": "sequence_leave_one_out", "batch_size": 1}, "leave-one-out"),
+        ({"baseline": "per_step_leave_one_out", "batch_size": 1}, "leave-one-out"),
+        ({"baseline": "leave_one_out"}, "baseline"),  # the old name, which meant either
         ({"lr": 0.0}, "lr"),
         ({"lr": -1.0}, "lr"),
         ({"reward_to_go": True}, "reward_to_go"),  # terminal rewards have no reward-to-go

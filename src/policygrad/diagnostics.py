@@ -5,6 +5,7 @@ Bias, variance, cosine, relative error. Introduced in chapter 2 ("Unbiased").
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,9 @@ __all__ = [
     "method_gradient_estimator",
     "REUSE_SURROGATES",
     "reuse_gradients",
+    "reused_batch_bias",
+    "windowed_comparison",
+    "prompt_value_share",
 ]
 
 
@@ -321,4 +325,222 @@ def reuse_gradients(
         value = (weight * surrogates[name](problem.token_log_probs(policy))).sum()
         out[name] = flat_grad(value, params).detach()
     out["exact"] = problem.gradient(policy)
+    return out
+
+
+def prompt_value_share(rewards: torch.Tensor) -> dict[str, float]:
+    """How much of the return's variance a critic that knows only the prompt explains.
+
+    `rewards (M, G)` holds 0/1 rewards of `G ≥ 2` completions for each of `M ≥ 2`
+    prompts, sampled from one policy. With `p_x` the success probability of prompt
+    `x`, the return's variance splits as `Var[R] = E_x[p_x(1 - p_x)] + Var_x[p_x]`;
+    the best prompt-level value `V(x) = p_x` removes the second term, so its explained
+    variance is `Var_x[p_x] / Var[R]` (chapter 7, "GRPO against REINFORCE and PPO with
+    a critic on TinyGPT"). Squaring the sample mean would overstate `p_x²` by
+    `p_x(1 - p_x)/G`; the unbiased `k(k-1) / (G(G-1))` (k successes) is used instead.
+
+    The `M` prompts are the population (weights `1/M`). Returns `mean_reward` p̄,
+    `var_reward` and `var_value`, unbiased estimates of p̄(1 - p̄) and of
+    `Var_x[p_x]`, and `share` = var_value / var_reward (NaN when every reward is
+    equal; noisy when `G` is small).
+    """
+    r = check_tensor(rewards, "rewards", 2)
+    if r.shape[0] < 2 or r.shape[1] < 2:
+        raise ValueError(
+            "rewards must be (M, G) with M >= 2 prompts and G >= 2, got "
+            f"{tuple(r.shape)}"
+        )
+    r = r.detach().double()
+    if not bool(((r == 0) | (r == 1)).all()):
+        raise ValueError("rewards must be 0/1 (the decomposition assumes p_x(1 - p_x))")
+    m, g = r.shape
+    k = r.sum(1)
+    p = k / g
+    p_sq = k * (k - 1) / (g * (g - 1))  # unbiased for p_x²
+    # unbiased for p̄² = (mean_x p_x)²: the squared mean less its sampling variance
+    # Σ_x p_x(1 - p_x) / (G M²), itself estimated without bias by (p - p_sq)
+    p_bar_sq = float(p.mean() ** 2 - (p - p_sq).sum() / (g * m * m))
+    p_bar = float(p.mean())
+    var_value = float(p_sq.mean()) - p_bar_sq
+    var_reward = p_bar - p_bar_sq
+    share = var_value / var_reward if var_reward > 0 else float("nan")
+    return {
+        "mean_reward": p_bar,
+        "var_reward": var_reward,
+        "var_value": var_value,
+        "share": share,
+    }
+
+
+def reused_batch_bias(
+    problem: ExactProblem, policy: torch.nn.Module, *, steps: int, lr: float
+) -> list[dict[str, float]]:
+    """The bias of each gradient step taken on one reused batch, computed exactly.
+
+    A batch is drawn once from `policy` (θ_old): x ∼ ρ, y ∼ p_old(· | x). Its REINFORCE
+    surrogate, with no baseline, is Σ_i R(x_i, y_i) log p_θ(y_i | x_i) / N; as N grows
+    its gradient at any θ tends to the *reused-batch gradient*
+
+        h(θ) = E_old[R ∇_θ log p_θ(y | x)] = Σ_x ρ(x) Σ_y p_old(y | x) R ∇_θ log p_θ,
+
+    which is also its expectation over batches at a θ fixed in advance. Plain gradient
+    ascent on that batch, θ_1 = θ_old and θ_{j+1} = θ_j + `lr` h(θ_j), is what `steps`
+    steps on one very large batch do. At step 1, h(θ_1) = ∇J(θ_old): unbiased. From
+    step 2 on, h(θ_j) - ∇J(θ_j) = Σ ρ (p_old - p_θ) R ∇ log p_θ ≠ 0: the batch no
+    longer comes from the policy whose gradient it estimates. The importance-weighted
+    surrogate E_old[(p_θ / p_old) R] has gradient ∇J(θ_j) exactly at every step (chapter
+    5, "What a reused batch estimates").
+
+    Only pairs with R ≠ 0 enter these sums, so a restricted enumeration such as
+    `policygrad.lm.tasks.exact_problem(..., rewarded_only=True)` gives them exactly
+    (with a baseline b a second term, −b E_old[∇ log p_θ], needs every completion).
+    `problem` must have terminal rewards `(N, K)`. `policy` is not modified.
+
+    Returns one row per step j = 1..`steps`, with `step`, `objective` J(θ_j),
+    `max_abs_log_ratio` max |log p_θj(y | x) − log p_old(y | x)| over the pairs with
+    R ≠ 0, `relative_bias` ‖h(θ_j) − ∇J(θ_j)‖ / ‖∇J(θ_j)‖, `cosine` between h(θ_j)
+    and ∇J(θ_j), and `is_relative_error`, the same for the importance-weighted
+    gradient (0 up to rounding).
+    """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    if problem.per_step:
+        raise ValueError(
+            "reused_batch_bias needs terminal rewards (N, K), got per-step rewards "
+            f"of shape {tuple(problem.rewards.shape)}"
+        )
+    if not isinstance(policy, torch.nn.Module) or not flat_params(policy):
+        raise ValueError(
+            "policy must be a torch.nn.Module with trainable parameters, "
+            f"got {type(policy).__name__}"
+        )
+    check_positive_int(steps, "steps")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not math.isfinite(lr)
+        or lr <= 0
+    ):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    new = copy.deepcopy(policy)
+    params = flat_params(new)
+    with torch.no_grad():
+        old_lp = problem.log_probs(policy)  # (N, K)
+        rho_r = problem.prompt_probs.to(old_lp).unsqueeze(1) * problem.returns().to(
+            old_lp
+        )
+        w_old = rho_r * old_lp.exp()  # ρ(x) p_old(y|x) R(x, y)
+        rewarded = rho_r != 0
+
+    def grad(value: torch.Tensor, retain: bool) -> torch.Tensor:
+        gs = torch.autograd.grad(value, params, retain_graph=retain, allow_unused=True)
+        return torch.cat(
+            [
+                (torch.zeros_like(p) if g is None else g).reshape(-1)
+                for g, p in zip(gs, params, strict=True)
+            ]
+        )
+
+    rows = []
+    for j in range(1, steps + 1):
+        lp = problem.log_probs(new)
+        objective = (rho_r * lp.exp()).sum()
+        exact = grad(objective, True)
+        reused = grad((w_old * lp).sum(), True)
+        weighted = grad((w_old * (lp - old_lp).exp()).sum(), False)
+        norm = exact.norm()
+        if not norm > 0:
+            raise ValueError(
+                f"∇J(θ_{j}) is zero: the relative bias is undefined "
+                "(are all rewards 0?)"
+            )
+        with torch.no_grad():
+            log_ratio = (lp - old_lp)[rewarded].abs()
+            rows.append(
+                {
+                    "step": j,
+                    "objective": float(objective),
+                    "max_abs_log_ratio": float(log_ratio.max()),
+                    "relative_bias": float((reused - exact).norm() / norm),
+                    "cosine": float(reused @ exact / (reused.norm() * norm)),
+                    "is_relative_error": float((weighted - exact).norm() / norm),
+                }
+            )
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.add_(lr * reused[offset : offset + n].view_as(p))
+                offset += n
+    return rows
+
+
+def windowed_comparison(
+    runs, column: str, *, last: int, reference: str | None = None
+) -> list[dict]:
+    """Compare methods over paired seeds by the mean of the last `last` values of a
+    metric.
+
+    `runs` maps `(method, seed)` to a `policygrad.train.History` (or anything whose
+    `run[column]` is the list of that metric's values); every method must have been
+    run with the same seeds (paired). For each run the windowed mean is the mean of
+    its last `last` recorded values of `column` (e.g. the last K steps' mean reward).
+    Returns one row per method, in order of first appearance, then one row per other
+    method for its paired difference to `reference` (default: the first method),
+    named `"B - A"`. Each row has `method`, `per_seed` (`{seed: value}`), `mean`,
+    `min`, `max` (over seeds) and `se`, the standard error of the mean over seeds
+    (unbiased std / √S; NaN with one seed). Used in chapter 4 ("REINFORCE on the
+    addition warm start").
+    """
+    if not hasattr(runs, "items") or not runs:
+        raise ValueError("runs must be a non-empty mapping (method, seed) -> history")
+    check_positive_int(last, "last")
+    by_method: dict[str, dict[int, float]] = {}
+    for key, run in runs.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"runs must be keyed by (method, seed), got key {key!r}")
+        name, seed = key
+        try:
+            values = list(run[column])
+        except KeyError as err:
+            raise ValueError(f"run {key!r} has no metric {column!r}") from err
+        if len(values) < last:
+            raise ValueError(
+                f"run {key!r} has {len(values)} values of {column!r}, fewer than "
+                f"last={last}"
+            )
+        window = [float(v) for v in values[-last:]]
+        if not all(math.isfinite(v) for v in window):
+            raise ValueError(f"run {key!r} has non-finite {column!r} in its window")
+        by_method.setdefault(name, {})[seed] = sum(window) / last
+    names = list(by_method)
+    seeds = sorted(by_method[names[0]])
+    for name in names[1:]:
+        if sorted(by_method[name]) != seeds:
+            raise ValueError(
+                f"seeds are not paired: {names[0]!r} has {seeds}, "
+                f"{name!r} has {sorted(by_method[name])}"
+            )
+    ref = names[0] if reference is None else reference
+    if ref not in by_method:
+        raise ValueError(f"reference {ref!r} is not one of the methods {names}")
+
+    def row(method: str, per_seed: dict[int, float]) -> dict:
+        v = torch.tensor([per_seed[s] for s in seeds], dtype=torch.float64)
+        se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+        return {
+            "method": method,
+            "per_seed": {s: per_seed[s] for s in seeds},
+            "mean": float(v.mean()),
+            "min": float(v.min()),
+            "max": float(v.max()),
+            "se": se,
+        }
+
+    out = [row(name, by_method[name]) for name in names]
+    for name in names:
+        if name != ref:
+            diff = {s: by_method[name][s] - by_method[ref][s] for s in seeds}
+            out.append(row(f"{name} - {ref}", diff))
     return out

@@ -25,9 +25,13 @@ from ._tensor import select
 from .exact.enumeration import ExactProblem
 from .lm.tasks import Problem, Task, evaluate
 from .methods.base import Method, get_method
-from .reward_side.baselines import TabularValue, leave_one_out_baseline
+from .reward_side.baselines import (
+    TabularValue,
+    per_step_leave_one_out_baseline,
+    sequence_leave_one_out_baseline,
+)
 from .reward_side.critic import explained_variance
-from .reward_side.returns import reinforce_weights
+from .reward_side.returns import reinforce_weights, total_return
 from .rollout import RolloutBatch
 from .toy.policies import TabularPolicy
 from .trajectory_side.kl import kl_loss
@@ -47,7 +51,12 @@ __all__ = [
 ]
 
 #: Baselines accepted by `train_toy_reinforce`.
-BASELINES = ("none", "leave_one_out", "learned")
+BASELINES = (
+    "none",
+    "sequence_leave_one_out",
+    "per_step_leave_one_out",
+    "learned",
+)
 
 
 def train_toy_reinforce(
@@ -67,10 +76,17 @@ def train_toy_reinforce(
     Each step samples `batch_size` prompts from ρ and one completion each, weights the
     score with `policygrad.reward_side.reinforce_weights` and ascends the surrogate.
 
-    `baseline`: `"none"`; `"leave_one_out"` — the mean return of the *other* samples
-    of the batch (independent of the sample it is subtracted from, so unbiased);
+    `baseline`: `"none"`;
+    `"sequence_leave_one_out"` — b_i, the mean *whole return* of the other samples of
+    the batch (`policygrad.reward_side.sequence_leave_one_out_baseline`), subtracted
+    from every token's weight (the return, or with `reward_to_go` the reward-to-go);
+    `"per_step_leave_one_out"` — b_{i,t}, the mean weight of the other samples at the
+    same position t (`policygrad.reward_side.per_step_leave_one_out_baseline`; with
+    `reward_to_go`, their reward-to-go R_{j,t});
     `"learned"` — a `policygrad.reward_side.TabularValue` per state s_t, fitted after
     each step on that step's returns (so it is applied only to later samples).
+    Both leave-one-out baselines ignore prompts and are independent of the sample they
+    are subtracted from, so the estimate stays unbiased.
 
     Returns a history dict with lists `step`, `objective` (exact J) and `mean_reward`.
     """
@@ -78,7 +94,7 @@ def train_toy_reinforce(
     check_positive_int(batch_size, "batch_size")
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    if baseline == "leave_one_out" and batch_size < 2:
+    if baseline.endswith("leave_one_out") and batch_size < 2:
         raise ValueError("a leave-one-out baseline needs batch_size >= 2")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
@@ -103,8 +119,15 @@ def train_toy_reinforce(
         per_token = reinforce_weights(
             rewards, samples.mask, reward_to_go=reward_to_go, gamma=problem.gamma
         )
-        if baseline == "leave_one_out":
-            b = leave_one_out_baseline(per_token)
+        if baseline == "sequence_leave_one_out":
+            R = (
+                rewards
+                if rewards.dim() == 1
+                else total_return(rewards, samples.mask, problem.gamma)
+            )  # (B,): R(τ_i)
+            b = sequence_leave_one_out_baseline(R).unsqueeze(1) * samples.mask
+        elif baseline == "per_step_leave_one_out":
+            b = per_step_leave_one_out_baseline(per_token)
         elif baseline == "learned":
             states = policy.state_index(samples.prompts, samples.completions)
             b = value(states).detach()

@@ -6,8 +6,9 @@ regions. Everything sampled is checked against these.
 from __future__ import annotations
 
 from .._tensor import flat_grad, flat_params
-from . import ascent, enumeration, group, kl, trust_region
+from . import ascent, critics, enumeration, group, kl, trust_region
 from .ascent import ascend
+from .critics import EstimatorMoments
 from .enumeration import (
     MAX_ENUMERATION,
     MAX_FISHER_PARAMS,
@@ -50,6 +51,8 @@ from .trust_region import (
 __all__ = [
     "ascent",
     "ascend",
+    "critics",
+    "EstimatorMoments",
     "enumeration",
     "group",
     "kl",

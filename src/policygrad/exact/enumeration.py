@@ -389,7 +389,7 @@ class ExactProblem:
         return (self.prompt_probs.to(p.device) * (p * R).sum(-1)).sum()
 
     def gradient(self, policy: torch.nn.Module) -> torch.Tensor:
-        """The exact policy gradient ∇_θ J as a flat vector `(P,)` (see
+        """The exact policy gradient ∇_θ J as a flat vector `(d,)` (see
         `flat_params`)."""
         return flat_grad(self.objective(policy), flat_params(policy)).detach()
 
@@ -427,7 +427,7 @@ class ExactProblem:
 
     # -- values and advantages -----------------------------------------------------
     def values(self, policy: torch.nn.Module) -> torch.Tensor:
-        """Exact state values V(x, y_<t) = E[G_t | x, y_<t] at every position:
+        """Exact state values V(x, y_<t) = E[R_t | x, y_<t] at every position:
         `(N, K, L)`.
 
         Positions after the end of a completion (mask 0) get 0. Derived in chapter 3
@@ -445,7 +445,7 @@ class ExactProblem:
         out = torch.zeros(N, K, L, dtype=dtype)
         code = torch.zeros(K, dtype=torch.long)
         for t in range(L):
-            # group completions by their prefix y_{<t}; weighted sum of G_t within
+            # group completions by their prefix y_{<t}; weighted sum of R_t within
             # each group
             uniq, inv = torch.unique(code, return_inverse=True)
             contrib = tail[:, :, t] * G[:, :, t]  # (N, K)

@@ -26,6 +26,11 @@ formed:
    the step until the *actual* KL is within δ and the objective improves
    (`trpo_line_search`).
 
+`trust_region_ascent` runs that loop on an enumerable problem with exact quantities
+and records, per iteration, J, the exact KL of the step and the KL the quadratic
+model predicted. `trpo_bound` checks the lower bound behind all of it (Kakade and
+Langford; TRPO's Theorem 1) in its finite-horizon form.
+
 PPO (in `policygrad.trajectory_side`) replaces all of this by clipping the
 importance ratio. Derived in chapter 5 ("Trust regions and the natural gradient").
 """
@@ -41,6 +46,7 @@ import torch
 from .._checks import check_finite, check_positive_int, check_tensor
 from .._tensor import flat_grad, flat_params
 from .enumeration import ExactProblem
+from .kl import _setup as _full_log_probs
 
 __all__ = [
     "natural_gradient",
@@ -50,7 +56,10 @@ __all__ = [
     "get_flat_params",
     "set_flat_params",
     "apply_flat_step",
+    "moved",
     "trpo_line_search",
+    "trust_region_ascent",
+    "trpo_bound",
 ]
 
 
@@ -367,3 +376,219 @@ def trpo_line_search(
                 return fraction
     set_flat_params(policy, start)
     return 0.0
+
+
+# -- the bound behind the trust region -------------------------------------------------
+def trpo_bound(
+    problem: ExactProblem, policy: torch.nn.Module, new_policy: torch.nn.Module
+) -> dict:
+    """The lower bound of Kakade and Langford / TRPO, finite horizon, exact.
+
+    With θ = `policy` (the sampler), θ' = `new_policy`, A_θ the exact advantages and
+    T the largest completion length, the first-order surrogate is
+
+        L_θ(θ') = J(θ) + Σ_t E_{s_t ∼ p_θ} Σ_a π_θ'(a | s_t) A_θ(s_t, a)
+                = J(θ) + E_{y ∼ p_θ}[Σ_t m_t (r_t − 1) A_θ(s_t, y_t)]
+
+    with r_t = π_θ'(y_t | s_t) / π_θ(y_t | s_t): the token-ratio surrogate, with the
+    state distribution of the sampler. For γ = 1 and deterministic transitions,
+
+        |J(θ') − L_θ(θ')| ≤ 2 ε T(T − 1) α²  ≤  C_T · max_s KL(π_θ ‖ π_θ')(s)
+
+    with ε = max_{s,a} |A_θ(s, a)|, α = max_s TV(π_θ(· | s), π_θ'(· | s)) and
+    C_T = 2 ε T(T − 1) (using α² ≤ KL as TRPO does; Pinsker's α² ≤ KL / 2 would halve
+    it). It is TRPO's Theorem 1 with its Σ_t γ^t t = γ / (1 − γ)² replaced by
+    Σ_{t<T} t = T(T − 1) / 2: the state distributions at step t differ in total
+    variation by at most 1 − (1 − α)^t ≤ t α, and |Σ_a π_θ'(a | s) A_θ(s, a)| ≤ 2 α ε.
+    For T = 1 (a bandit) the surrogate is exact. Derived in chapter 5 ("The bound
+    behind the trust region").
+
+    The maxima run over every state s_t = (x, y_<t) of the enumeration. Returns a dict
+    of floats: `J_old`, `J_new`, `surrogate` (L_θ(θ')), `gap` (J_new − surrogate),
+    `eps`, `max_tv`, `max_kl` (max_s KL(π_θ(· | s) ‖ π_θ'(· | s))), `horizon` (T),
+    `C` (C_T), `lower_bound_tv` (L − 2 ε T(T − 1) α²) and `lower_bound`
+    (L − C_T max_kl). Raises ValueError if the problem is discounted (γ ≠ 1).
+    """
+    _check_problem(problem)
+    if problem.gamma != 1.0:
+        raise ValueError(
+            f"trpo_bound is the undiscounted finite-horizon bound (gamma = 1), "
+            f"got gamma = {problem.gamma}"
+        )
+    _num_params(policy)
+    _num_params(new_policy)
+    with torch.no_grad():
+        # full next-token log-probs at every state: (N, K, L, V)
+        lq, lp, tok_new, tok_old, m, rho = _full_log_probs(
+            problem, new_policy, policy, grad=False
+        )
+        adv = problem.advantages(policy).to(lq)  # (N, K, L), 0 where masked
+        p_old = tok_old.sum(-1).exp()  # (N, K)
+        ratio_m1 = (tok_new - tok_old).exp() - 1.0  # (N, K, L)
+        gain = (rho * (p_old * (m * ratio_m1 * adv).sum(-1)).sum(-1)).sum()
+        J_old = float(problem.objective(policy))
+        J_new = float(problem.objective(new_policy))
+        on = m.bool().unsqueeze(0).expand_as(adv)  # every state that exists
+        tv = 0.5 * (lq.exp() - lp.exp()).abs().sum(-1)  # (N, K, L)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # KL(pi_theta || pi_theta')
+        eps = float(adv[on].abs().max())
+        max_tv = float(tv[on].max())
+        max_kl = float(kl[on].max())
+    T = problem.completions.shape[1]
+    C = 2.0 * eps * T * (T - 1)
+    surrogate = J_old + float(gain)
+    return {
+        "J_old": J_old,
+        "J_new": J_new,
+        "surrogate": surrogate,
+        "gap": J_new - surrogate,
+        "eps": eps,
+        "max_tv": max_tv,
+        "max_kl": max_kl,
+        "horizon": T,
+        "C": C,
+        "lower_bound_tv": surrogate - C * max_tv**2,
+        "lower_bound": surrogate - C * max_kl,
+    }
+
+
+_DIRECTIONS = ("natural", "steepest")
+
+
+def trust_region_ascent(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    iters: int,
+    max_kl: float,
+    *,
+    direction: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "natural",
+    damping: float = 1e-6,
+    backtrack: float = 0.5,
+    max_backtracks: int = 10,
+    record: Callable[[torch.nn.Module], dict] | None = None,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Exact TRPO: `iters` KL-constrained steps with a line search, recorded.
+
+    Each iteration at θ_k: the exact Fisher F and gradient g; a direction d
+    (`"natural"`: (F + λI)^-1 g with `damping` λ; `"steepest"`: g; or a callable
+    `direction(F, g) -> d`); the full step Δ = √(2δ / d^T F d) d, whose quadratic KL
+    model ½ Δ^T F Δ is `max_kl` δ; then `trpo_line_search` (`backtrack`,
+    `max_backtracks`) shrinks it to f Δ until the exact KL is ≤ δ and the exact J
+    improves. A zero direction (d^T F d = 0) gives no step.
+
+    Works on a copy: returns `(final_policy, rows)` with one dict per point θ_0 (the
+    start), θ_1, ..., θ_iters. Each row has `iteration` k, `J` (J(θ_k)), `grad_norm`
+    (‖∇J(θ_k)‖), and for the step that led to θ_k (NaN in row 0): `model_kl` (δ, the
+    quadratic model of the full step), `full_step_kl` (the exact KL of the full
+    step), `fraction` f (0.0: nothing accepted), `predicted_kl` (½ (fΔ)^T F (fΔ)),
+    `exact_kl` (E_{x∼ρ} KL(p_θ_{k−1} ‖ p_θ_k)), and from `trpo_bound` of the step:
+    `surrogate` and `lower_bound`. `record(policy)`, if given, returns a dict of
+    further entries for each row (called at every θ_k under `torch.no_grad()`).
+    Derived in chapter 5 ("Trust regions and the natural gradient").
+    """
+    _check_problem(problem)
+    _num_params(policy)
+    check_positive_int(iters, "iters")
+    max_kl = _check_number(max_kl, "max_kl", positive=True)
+    damping = _check_number(damping, "damping")
+    if isinstance(direction, str):
+        if direction not in _DIRECTIONS:
+            raise ValueError(
+                f"direction must be one of {_DIRECTIONS} or a callable (F, g) -> d, "
+                f"got {direction!r}"
+            )
+    elif not callable(direction):
+        raise ValueError(
+            "direction must be 'natural', 'steepest' or a callable (F, g) -> d, "
+            f"got {type(direction).__name__}"
+        )
+    if record is not None and not callable(record):
+        raise ValueError("record must be callable (policy -> dict) or None")
+    policy = copy.deepcopy(policy)
+    nan = float("nan")
+
+    def point(k: int) -> dict:
+        row = {
+            "iteration": k,
+            "J": float(problem.objective(policy).detach()),
+            "grad_norm": float(problem.gradient(policy).norm()),
+        }
+        if record is not None:
+            with torch.no_grad():
+                extra = record(policy)
+            if not isinstance(extra, dict):
+                raise ValueError(
+                    f"record(policy) must return a dict, got {type(extra).__name__}"
+                )
+            row.update(extra)
+        return row
+
+    rows = [
+        {
+            **point(0),
+            **dict.fromkeys(
+                (
+                    "model_kl",
+                    "full_step_kl",
+                    "fraction",
+                    "predicted_kl",
+                    "exact_kl",
+                    "surrogate",
+                    "lower_bound",
+                ),
+                nan,
+            ),
+        }
+    ]
+    for k in range(1, iters + 1):
+        F, g = problem.fisher(policy), problem.gradient(policy)
+        if direction == "natural":
+            d = natural_gradient(F, g, damping=damping)
+        elif direction == "steepest":
+            d = g
+        else:
+            d = direction(F, g)
+            _check_vector(d, "direction(F, g)", g.shape[0])
+        dFd = float(d @ F @ d)
+        scale = math.sqrt(2 * max_kl / dFd) if dFd > 0 else 0.0
+        step = scale * d
+        model_kl = 0.5 * scale**2 * dFd
+        old = copy.deepcopy(policy)
+        with torch.no_grad():
+            trial = copy.deepcopy(policy)
+            apply_flat_step(trial, step)
+            full_kl = float(problem.expected_kl(old, trial))
+        fraction = trpo_line_search(
+            problem,
+            policy,
+            step,
+            max_kl,
+            backtrack=backtrack,
+            max_backtracks=max_backtracks,
+        )
+        with torch.no_grad():
+            exact_kl = float(problem.expected_kl(old, policy))
+        bound = trpo_bound(problem, old, policy)
+        rows.append(
+            {
+                **point(k),
+                "model_kl": model_kl,
+                "full_step_kl": full_kl,
+                "fraction": fraction,
+                "predicted_kl": fraction**2 * model_kl,
+                "exact_kl": exact_kl,
+                "surrogate": bound["surrogate"],
+                "lower_bound": bound["lower_bound"],
+            }
+        )
+    return policy, rows
+
+
+def moved(policy: torch.nn.Module, step: torch.Tensor) -> torch.nn.Module:
+    """A copy of `policy` with the flat vector `step (d,)` added to its parameters,
+    θ + Δ; `policy` itself is unchanged (see `apply_flat_step` for the in-place
+    version)."""
+    _num_params(policy)
+    new = copy.deepcopy(policy)
+    apply_flat_step(new, step)
+    return new

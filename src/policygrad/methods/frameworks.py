@@ -57,8 +57,10 @@ def to_trl(method: str | Method) -> dict:
 
     They run it in `GRPOTrainer`. Add your own run settings (`output_dir`, batch size,
     learning rate, `max_completion_length`) and pass them on:
-    `GRPOConfig(output_dir="out", **to_trl("grpo"))`. Where TRL's computation differs
-    from the package's on purpose, `recipe(method, "trl").differences` says how.
+    `GRPOConfig(output_dir="out", **to_trl("grpo"))` (on a CPU-only machine also
+    `use_cpu=True, bf16=False`: TRL turns bf16 on by default). Where TRL's
+    computation differs from the package's on purpose,
+    `recipe(method, "trl").differences` says how.
     ValueError if TRL cannot express the method (the message says why).
     """
     return _settings(method, "trl")

@@ -50,7 +50,7 @@ register(
         loss=ppo_loss,
         inner_epochs=4,
         minibatches=4,
-        changes=("trajectory",),
+        changes=("reward", "trajectory"),
         paper="schulman2017ppo",
         why="reuse each batch for several optimiser steps: importance ratios correct "
         "for the policy having moved, and the clip removes the incentive to move a "
@@ -84,7 +84,7 @@ register(
         loss=ppo_kl_loss,
         inner_epochs=4,
         minibatches=4,
-        changes=("trajectory",),
+        changes=("reward", "trajectory"),
         paper="schulman2017ppo",
         why="reuse each batch with importance ratios, and keep the new policy near the "
         "sampler with a KL penalty instead of a clip",

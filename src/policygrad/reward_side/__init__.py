@@ -7,14 +7,17 @@ batches with an explicit mask; 0 where the mask is 0.
 
 from __future__ import annotations
 
-from . import baselines, critic, masks, normalise, returns, shaping, td
+from . import baselines, critic, critic_error, masks, normalise, returns, shaping, td
 from .baselines import (
     TabularValue,
     group_leave_one_out_advantages,
     leave_one_out_baseline,
     optimal_constant_baseline,
+    per_step_leave_one_out_baseline,
+    sequence_leave_one_out_baseline,
 )
 from .critic import clipped_value_loss, explained_variance
+from .critic_error import gae_error_weights, n_step_error_weights
 from .normalise import group_advantages, group_step_advantages, whiten
 from .returns import (
     broadcast_to_tokens,
@@ -34,6 +37,7 @@ __all__ = [
     "normalise",
     "shaping",
     "critic",
+    "critic_error",
     "returns_to_go",
     "total_return",
     "broadcast_to_tokens",
@@ -44,6 +48,8 @@ __all__ = [
     "gae",
     "optimal_constant_baseline",
     "leave_one_out_baseline",
+    "sequence_leave_one_out_baseline",
+    "per_step_leave_one_out_baseline",
     "group_leave_one_out_advantages",
     "TabularValue",
     "whiten",
@@ -52,4 +58,6 @@ __all__ = [
     "kl_shaped_rewards",
     "clipped_value_loss",
     "explained_variance",
+    "gae_error_weights",
+    "n_step_error_weights",
 ]

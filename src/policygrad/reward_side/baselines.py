@@ -1,5 +1,14 @@
 """Baselines: the optimal constant, leave-one-out, and a learned tabular value.
 
+Three leave-one-out baselines, which differ in what they average over the other rows:
+
+* `sequence_leave_one_out_baseline`: the whole returns R(τ_j) of the other rows of
+  the batch, one number per completion (equation (eq-loo-baseline) of chapter 2);
+* `per_step_leave_one_out_baseline`: the per-step weights w_{j,t} (e.g. the
+  reward-to-go R_{j,t}) of the other rows at the same position t, one number per token;
+* `group_leave_one_out_advantages`: the returns of the other rows of the *same
+  prompt's group* (RLOO); the first two ignore which prompt a row belongs to.
+
 Subtracting a baseline that does not depend on the sample keeps the estimator unbiased.
 Derived in chapter 2 ("Baselines").
 """
@@ -22,6 +31,8 @@ from .masks import _constant_groups
 __all__ = [
     "optimal_constant_baseline",
     "leave_one_out_baseline",
+    "sequence_leave_one_out_baseline",
+    "per_step_leave_one_out_baseline",
     "group_leave_one_out_advantages",
     "TabularValue",
 ]
@@ -80,12 +91,15 @@ def optimal_constant_baseline(
 
 
 def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
-    """For each sample, the mean of the *other* samples:
+    """For each row of a batch, the mean of the *other* rows:
     b_i = 1/(N-1) Σ_{j≠i} v_j.
 
     values: `(N,)` returns, or `(N, T)` per-token weights (averaged over the batch
-    dimension only). Because b_i does not depend on sample i, subtracting it keeps
-    REINFORCE unbiased (equation (eq-loo-baseline) of chapter 2). Needs `N >= 2`.
+    dimension only, position by position). The shared computation of
+    `sequence_leave_one_out_baseline` (`(N,)` returns) and
+    `per_step_leave_one_out_baseline` (`(N, T)` per-step weights); call those by name
+    when the difference matters. Because b_i does not depend on sample i, subtracting it
+    keeps REINFORCE unbiased (equation (eq-loo-baseline) of chapter 2). Needs `N >= 2`.
     Derived in chapter 2 ("Baselines").
     """
     check_float(values, "values", (1, 2))
@@ -94,6 +108,56 @@ def leave_one_out_baseline(values: torch.Tensor) -> torch.Tensor:
     if n < 2:
         raise ValueError(f"a leave-one-out baseline needs at least 2 samples, got {n}")
     return (values.sum(0, keepdim=True) - values) / (n - 1)
+
+
+def sequence_leave_one_out_baseline(returns: torch.Tensor) -> torch.Tensor:
+    """The batch leave-one-out baseline of whole returns, one number per completion:
+
+        b_i = 1/(N-1) Σ_{j≠i} R(τ_j)
+
+    (equation (eq-loo-baseline) of chapter 2). `returns` `(N,)`: the return of each of
+    the N sampled completions; the result `(N,)` is subtracted from the weight of
+    *every* token of completion i. It averages over the whole batch, whatever prompt
+    each row answers (the per-prompt version is `group_leave_one_out_advantages`), and
+    it compares whole returns: unlike `per_step_leave_one_out_baseline` it does not
+    look at the position t of a token. b_i does not depend on τ_i, so R_i - b_i keeps
+    REINFORCE unbiased; R_i - b_i = N/(N-1) (R_i - R̄). Needs `N >= 2` finite float
+    returns. Derived in chapter 2 ("Baselines").
+    """
+    check_float(returns, "returns", 1)
+    check_finite(returns, "returns")
+    n = returns.shape[0]
+    if n < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 returns, got {n}")
+    return (returns.sum() - returns) / (n - 1)
+
+
+def per_step_leave_one_out_baseline(weights: torch.Tensor) -> torch.Tensor:
+    """The batch leave-one-out baseline of per-step weights, one number per token:
+
+        b_{i,t} = 1/(N-1) Σ_{j≠i} w_{j,t}
+
+    `weights` `(N, T)`: a per-token weight of each of the N sampled completions, e.g.
+    the reward-to-go R_{j,t} (`policygrad.reward_side.reinforce_weights` with
+    `reward_to_go=True`, which is 0 past a completion's end, and such zeros are
+    averaged like any other value). The result `(N, T)` is subtracted from w_{i,t}.
+    Unlike `sequence_leave_one_out_baseline`, which gives every token of completion i
+    the mean of the other *whole returns*, this baseline compares token t with the other
+    completions' weights *at the same position t*: for the reward-to-go it estimates
+    the expected reward still to come after t tokens, which a whole return
+    overestimates for late tokens. It averages over the whole batch, whatever prompt
+    each row answers. b_{i,t} does not depend on τ_i, so the estimate stays unbiased.
+    Needs `N >= 2` rows of finite floats. Derived in chapter 2 ("REINFORCE training on
+    the toy").
+    """
+    check_float(weights, "weights", 2)
+    check_finite(weights, "weights")
+    n = weights.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"a leave-one-out baseline needs at least 2 rows of weights, got {n}"
+        )
+    return (weights.sum(0, keepdim=True) - weights) / (n - 1)
 
 
 def group_leave_one_out_advantages(
@@ -194,7 +258,7 @@ class TabularValue(nn.Module):
     def fit(
         self, states: torch.Tensor, targets: torch.Tensor, lr: float = 0.1, mask=None
     ) -> float:
-        """One step of b(s) ← b(s) + lr · mean(G - b(s)) per visited state.
+        """One step of b(s) ← b(s) + lr · mean(R_t - b(s)) per visited state.
 
         Returns the mean squared error before the step.
         """

@@ -30,7 +30,7 @@ __all__ = [
 def returns_to_go(
     rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0
 ) -> torch.Tensor:
-    """Reward-to-go G_t = Σ_{s≥t} γ^(s-t) r_s (equation (eq-reward-to-go) of
+    """Reward-to-go R_t = Σ_{s≥t} γ^(s-t) r_s (equation (eq-reward-to-go) of
     chapter 2).
 
     rewards, mask: `(B, T)`. Returns `(B, T)`, 0 where the mask is 0. Derived in
@@ -50,7 +50,7 @@ def returns_to_go(
 def total_return(
     rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0
 ) -> torch.Tensor:
-    """Return of the whole trajectory R(τ) = G_0: `(B, T) -> (B,)`."""
+    """Return of the whole trajectory R(τ) = R_0: `(B, T) -> (B,)`."""
     return returns_to_go(rewards, mask, gamma)[:, 0]
 
 
@@ -118,7 +118,7 @@ def reinforce_weights(
 
     * `reward_to_go=False`: w_t = R(τ) - b (equation (eq-reinforce-baseline) of
       chapter 2);
-    * `reward_to_go=True`: w_t = G_t - b_t (equation (eq-reward-to-go) of chapter 2),
+    * `reward_to_go=True`: w_t = R_t - b_t (equation (eq-reward-to-go) of chapter 2),
       which drops rewards earned before the action.
 
     baseline: a constant, `(B,)` (one per trajectory, e.g. b(x)) or `(B, T)` (per

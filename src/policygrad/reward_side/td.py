@@ -101,7 +101,7 @@ def n_step_returns(
 ) -> torch.Tensor:
     """n-step return (equation (eq-n-step) of chapter 3):
 
-        G^(n)_t = Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n})
+        R^(n)_t = Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n})
 
     Shapes `(B, T)`; steps past the end of a sequence contribute nothing (terminal
     value 0). Derived in chapter 3 ("TD residuals").
@@ -134,7 +134,7 @@ def gae(
 
         Â_t = Σ_{k≥0} (γλ)^k δ_{t+k}
 
-    `lam=0` gives the TD residual; `lam=1` gives G_t - V(s_t). Shapes `(B, T)`; computed
+    `lam=0` gives the TD residual; `lam=1` gives R_t - V(s_t). Shapes `(B, T)`; computed
     by the backward recursion Â_t = δ_t + γλ Â_{t+1}, where t+1 is the next real
     token: a gap in the mask (tokens the policy did not choose) is bridged, as in verl's
     `compute_gae_advantage_return`. Derived in chapter 3 ("GAE"), the section on

@@ -78,7 +78,7 @@ def policy_gradient_loss(
 def score_function_gradient(
     policy: torch.nn.Module, samples: Samples, weights: torch.Tensor
 ) -> torch.Tensor:
-    """The Monte Carlo policy-gradient estimate as a flat vector `(P,)`.
+    """The Monte Carlo policy-gradient estimate as a flat vector `(d,)`.
 
     The gradient of `pg_surrogate`. weights `(B, T)` come from the reward side (e.g.
     `policygrad.reward_side.reinforce_weights`).
