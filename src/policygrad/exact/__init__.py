@@ -1,12 +1,12 @@
 """Exact analyses by enumerating every completion of a small problem: J, its
 gradient, estimator moments, what group methods and KL penalties optimise, and trust
-regions. Everything sampled is checked against these.
+regions, and the gradient lab (`lab`). Everything sampled is checked against these.
 """
 
 from __future__ import annotations
 
 from .._tensor import flat_grad, flat_params
-from . import ascent, critics, enumeration, group, kl, trust_region
+from . import ascent, critics, enumeration, group, kl, lab, trust_region
 from .ascent import ascend
 from .critics import EstimatorMoments
 from .enumeration import (
@@ -36,6 +36,15 @@ from .kl import (
     kl_penalty_weights,
     regularised_optimum,
     state_kl,
+)
+from .lab import (
+    CLASS_TOL,
+    bias_variance_plot,
+    compare_to_gradient,
+    implied_objective,
+    lab_table,
+    method_update_moments,
+    passk_objective,
 )
 from .trust_region import (
     apply_flat_step,
@@ -89,4 +98,12 @@ __all__ = [
     "trpo_line_search",
     "flat_grad",
     "flat_params",
+    "lab",
+    "CLASS_TOL",
+    "method_update_moments",
+    "compare_to_gradient",
+    "passk_objective",
+    "implied_objective",
+    "lab_table",
+    "bias_variance_plot",
 ]

@@ -2,7 +2,8 @@
 
 Every method sits in one registry: `base` holds the `Method` type and the registry
 (`get_method`); each family has its own module (`reinforce`, `ppo`, `rlhf`,
-`group_relative` for GRPO); importing this package registers them in that order.
+`group_relative` for GRPO, `variants` for the reward-side variants after GRPO);
+importing this package registers them in that order.
 `recipes` and `frameworks` say how each runs in TRL and verl (`to_trl`, `to_verl`,
 `frameworks_table`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 # the order of these imports is the registration order
 # isort: off
-from . import recipes, base, reinforce, ppo, rlhf, group_relative, frameworks
+from . import recipes, base, reinforce, ppo, rlhf, group_relative, variants, frameworks
 
 # isort: on
 from .base import (
@@ -46,6 +47,7 @@ __all__ = [
     "ppo",
     "rlhf",
     "group_relative",
+    "variants",
     "recipes",
     "frameworks",
     "SIDES",

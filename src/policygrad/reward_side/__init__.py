@@ -1,13 +1,24 @@
 """The reward side: what multiplies the score ∇_θ log π_θ(y_t | s_t).
 
 Returns and GAE, baselines (leave-one-out, group leave-one-out (RLOO), learned), group
-normalisers and whitening, KL reward shaping, the critic's loss. Padded `(B, T)`
+normalisers and whitening, KL reward shaping, the critic's loss, and the reward-side
+variants after GRPO (`variants`). Padded `(B, T)`
 batches with an explicit mask; 0 where the mask is 0.
 """
 
 from __future__ import annotations
 
-from . import baselines, critic, critic_error, masks, normalise, returns, shaping, td
+from . import (
+    baselines,
+    critic,
+    critic_error,
+    masks,
+    normalise,
+    returns,
+    shaping,
+    td,
+    variants,
+)
 from .baselines import (
     TabularValue,
     group_leave_one_out_advantages,
@@ -28,6 +39,22 @@ from .returns import (
 )
 from .shaping import kl_shaped_rewards
 from .td import gae, n_step_returns, td_residuals
+from .variants import (
+    GPG_COUNTS,
+    batch_std_advantages,
+    dr_grpo_advantages,
+    gdpo_advantages,
+    gpg_advantages,
+    opo_advantages,
+    overlong_penalty,
+    pass_at_k,
+    pass_at_k_weight,
+    passk_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    remax_advantages,
+    rloo_advantages,
+)
 
 __all__ = [
     "masks",
@@ -60,4 +87,19 @@ __all__ = [
     "explained_variance",
     "gae_error_weights",
     "n_step_error_weights",
+    "variants",
+    "rloo_advantages",
+    "dr_grpo_advantages",
+    "batch_std_advantages",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "remax_advantages",
+    "opo_advantages",
+    "gpg_advantages",
+    "GPG_COUNTS",
+    "passk_advantages",
+    "pass_at_k",
+    "pass_at_k_weight",
+    "gdpo_advantages",
+    "overlong_penalty",
 ]

@@ -1,0 +1,618 @@
+"""The gradient lab: what each registered method's one-step update estimates, exactly.
+
+For an `ExactProblem` whose enumeration covers every completion, a method's update of
+one on-policy step (every ratio 1, before the optimiser) is averaged over *every*
+group of `G` completions of every prompt, with its exact probability, by running the
+method's own advantage and loss code on all groups at once. The lab then says how the
+expected update relates to ∇J (unbiased, a scaled ∇J, or biased), how noisy it is at
+an equal number of sampled completions, and which objective it ascends where one is
+known (J, a constant times J, GRPO's arcsine-type Φ_G, pass@k). `lab_table` makes one
+row per registered method; `bias_variance_plot` places them on a plane.
+
+Conventions. A group is `x ∼ ρ`, then `y_1..y_G` i.i.d. from `p_θ(· | x)`; the
+method's batch is that one group (as in `policygrad.exact.group.enumerated_update`),
+so a batch-level baseline is computed within the group. The per-group update is
+
+    u = −∇_θ loss(group)   at θ = θ_old,
+
+and a batch of `M` groups (`N = M G` completions) averages `M` of them. Its variance
+is `tr Cov[u] / M = G tr Cov[u] / N`, so the lab reports
+
+    variance at equal samples  v = G · tr Cov[u],
+
+the variance of the update estimated from `N` completions times `N`: methods with
+different `G` compare at the same number of sampled completions. For REINFORCE
+(`G = 1`) `v` is the one-sample variance `tr Cov[R ∇log p_θ(y | x)]`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .._checks import check_positive_int
+from .._tensor import flat_grad, flat_params
+from ..rollout import RolloutBatch
+from ..trajectory_side.logprobs import token_log_probs
+from .enumeration import ExactProblem, _check_policy
+from .group import MAX_GROUPS, binary_objective
+
+__all__ = [
+    "method_update_moments",
+    "compare_to_gradient",
+    "passk_objective",
+    "implied_objective",
+    "lab_table",
+    "bias_variance_plot",
+    "CLASS_TOL",
+]
+
+#: Default tolerance of `compare_to_gradient` by dtype: a relative error below it
+#: counts as equality (float64: rounding is ~1e-15; float32: ~1e-7 per operation).
+CLASS_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+
+
+# -- enumerating groups ------------------------------------------------------------
+def _groups(K: int, G: int, ordered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every group as indices `(n_g, G)` and the number of orderings of each `(n_g,)`.
+
+    Ordered: all K^G tuples (count 1). Unordered: every multiset (sorted tuple) with
+    its multinomial count G! / Π_k n_k!.
+    """
+    if ordered:
+        idx = torch.cartesian_prod(*[torch.arange(K)] * G).reshape(-1, G)
+        return idx, torch.ones(idx.shape[0], dtype=torch.float64)
+    idx = torch.tensor(
+        list(itertools.combinations_with_replacement(range(K), G)), dtype=torch.long
+    ).reshape(-1, G)
+    counts = torch.zeros(idx.shape[0], K, dtype=torch.float64)
+    counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+    log_count = math.lgamma(G + 1) - torch.lgamma(counts + 1).sum(1)
+    return idx, log_count.exp().round()
+
+
+def _num_groups(K: int, G: int, ordered: bool) -> int:
+    return K**G if ordered else math.comb(K + G - 1, G)
+
+
+def _token_scores(problem: ExactProblem, policy: torch.nn.Module) -> torch.Tensor:
+    """∇_θ log π_θ(y_t | x, y_<t) for every (prompt, completion, position):
+    `(N, K, L, d)` in the order of `flat_params`, 0 where masked."""
+    N, K, L = problem.num_prompts, problem.num_completions, problem.completions.shape[1]
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+    prompts, completions = problem._pairs()
+    device = next(policy.parameters()).device
+    prompts, completions = prompts.to(device), completions.to(device)
+    m = problem.mask.to(device)
+
+    def logp(p):
+        logits = torch.func.functional_call(policy, p, (prompts, completions))
+        return (token_log_probs(logits, completions).reshape(N, K, L) * m).reshape(-1)
+
+    jac = torch.func.jacrev(logp)(params)
+    return torch.cat([jac[n].reshape(N * K * L, -1) for n in names], 1).reshape(
+        N, K, L, -1
+    )
+
+
+# -- the loss coefficients of every group ------------------------------------------
+def _rows(problem, x_idx, comp_idx, old, ref, device, dtype) -> tuple:
+    """The fields of the batch of rows (prompt `x_idx[r]`, completion `comp_idx[r]`):
+    prompts, completions, mask, old and reference log-probs, rewards."""
+    prompts = problem.prompts.to(device)
+    prompts = prompts.reshape(prompts.shape[0], -1)[x_idx]
+    mask = problem.mask.to(device=device, dtype=dtype)[comp_idx]
+    return (
+        prompts,
+        problem.completions.to(device)[comp_idx],
+        mask,
+        old[x_idx, comp_idx],
+        ref[x_idx, comp_idx],
+        problem.rewards.to(device=device, dtype=dtype)[x_idx, comp_idx],
+    )
+
+
+def _batch(parts, G: int) -> RolloutBatch:
+    prompts, completions, mask, old, ref, rewards = parts
+    B = completions.shape[0]
+    device = completions.device
+    return RolloutBatch(
+        prompts=prompts,
+        completions=completions,
+        mask=mask,
+        loss_mask=mask,
+        old_log_probs=old,
+        ref_log_probs=ref,
+        rewards=rewards,
+        group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
+        truncated=torch.zeros(B, dtype=torch.bool, device=device),
+    )
+
+
+def _coefficients(method, batch: RolloutBatch) -> torch.Tensor:
+    """c = −∂ loss / ∂ log π at ratio 1: `(B, L)`, the weight of each token's score in
+    the update of this batch."""
+    logp = batch.old_log_probs.detach().clone().requires_grad_(True)
+    loss, _ = method.loss(logp, batch, method.advantages(batch))
+    (grad,) = torch.autograd.grad(loss, logp, allow_unused=True)
+    return torch.zeros_like(logp) if grad is None else -grad.detach()
+
+
+def _per_group_scale(big: RolloutBatch, n_groups: int, G: int, rule: str):
+    """λ_g with c(group g alone) = λ_g c(group g in the big batch), for the way the
+    loss normalises a batch."""
+    if rule == "per-group mean":  # every seq-mean aggregation: loss = mean_g loss_g
+        return torch.full((n_groups,), float(n_groups), dtype=big.mask.dtype)
+    if rule == "per-token mean":  # token-mean: divided by the batch's token count
+        tok = big.loss_mask.sum(-1).reshape(n_groups, G).sum(-1)
+        return big.loss_mask.sum() / tok.clamp_min(1.0)
+    return torch.ones(n_groups, dtype=big.mask.dtype)  # "sum": loss = Σ_g loss_g
+
+
+def _all_coefficients(method, parts, n_groups: int, G: int):
+    """Coefficients `(n_groups, G, L)` of every group, each computed as if the group
+    were the method's whole batch. Returns `(c, path)`.
+
+    Batched when it can be: one call of the method's advantages and loss on one big
+    batch of all groups, valid when the advantages are computed within each group and
+    the loss normalises the batch in one of three ways (mean over groups, mean over
+    tokens, sum). Both are checked on up to 12 groups spread over the enumeration
+    (each also run alone); if any disagrees, every group is run alone (slow path).
+    """
+    big = _batch(parts, G)
+    L = big.mask.shape[1]
+    probe = torch.unique(torch.linspace(0, n_groups - 1, min(n_groups, 12)).long())
+    alone = []
+    for g in probe.tolist():
+        rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
+        alone.append(_coefficients(method, _batch([p[rows] for p in parts], G)))
+    alone = torch.stack(alone)  # (n_probe, G, L)
+    try:
+        c_big = _coefficients(method, big).reshape(n_groups, G, L)
+    except ValueError:
+        c_big = None
+    if c_big is not None:
+        tol = (1e-9 if alone.dtype == torch.float64 else 1e-4) * (
+            1.0 + float(alone.abs().amax())
+        )
+        for rule in ("per-group mean", "per-token mean", "sum"):
+            lam = _per_group_scale(big, n_groups, G, rule).to(c_big)
+            c = c_big * lam.reshape(-1, 1, 1)
+            if float((c[probe] - alone).abs().max()) <= tol:
+                return c, f"batched ({rule})"
+    out = torch.empty(n_groups, G, L, dtype=big.mask.dtype, device=big.mask.device)
+    for g in range(n_groups):
+        rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
+        out[g] = _coefficients(method, _batch([p[rows] for p in parts], G))
+    return out, "per group (the method's batch is not separable by groups)"
+
+
+# -- 1. the exact moments of a method's update -------------------------------------
+def method_update_moments(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    method,
+    *,
+    group_size: int | None = None,
+    reference: torch.nn.Module | None = None,
+    ordered: bool = False,
+) -> dict:
+    """The exact mean and variance of a method's one-step update over every group.
+
+    `method`: a registered name or a `policygrad.methods.Method` without a critic;
+    `group_size` (default the method's own `G`). Each prompt `x ∼ ρ` gets `G`
+    completions i.i.d. from `p_θ(· | x)`; the group is the method's whole batch (old
+    log-probs = the policy's, so every ratio is 1; reference log-probs from
+    `reference`, default the policy, so a KL-to-reference term has zero gradient). The
+    per-group update
+
+        u = −∇_θ loss(group) = Σ_{i,t} c_{i,t} ∇_θ log π_θ(y_{i,t} | s_{i,t}),
+        c_{i,t} = −∂ loss / ∂ log π_{i,t}
+
+    is assembled from the coefficients `c` of every group (the method's own advantages
+    and loss, on one batch of all groups when the batch separates into groups, else
+    group by group) and the score vectors of every completion, computed once
+    (`(N, K, d)`, or per token `(N, K, L, d)` when `c` varies along a completion).
+
+    Groups are enumerated as multisets with their multinomial counts (the method
+    must treat the `G` completions symmetrically, as every registered one does) or,
+    with `ordered=True`, as all K^G ordered tuples. At most `MAX_GROUPS` groups over
+    all prompts (ValueError otherwise). Terminal rewards; the enumeration must cover
+    every completion (each prompt's probabilities sum to 1).
+
+    Returns a dict: `mean` (the exact E[u], `(d,)`), `second_moment` E‖u‖²,
+    `variance` tr Cov[u] (one group), `variance_equal_samples` `G · tr Cov[u]` (the
+    variance of the update from `N = M G` completions is this over `N`),
+    `group_size`, `num_groups`, `path` (how the coefficients were computed) and
+    `coefficients` `(N, K, L)` with E[u] = Σ_{x,k,t} C_{x,k,t} ∇log π(y_{k,t}) (the
+    expected weight of each token's score). Validated against `enumerated_update` in
+    `tests/test_lab.py`. Derived in chapter 7 ("What GRPO's update estimates,
+    exactly").
+    """
+    from ..methods.base import get_method
+
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    if problem.per_step:
+        raise ValueError(
+            "method_update_moments needs terminal rewards (N, K), not per-step rewards"
+        )
+    method = get_method(method)
+    if method.needs_critic:
+        raise ValueError(
+            f"method {method.name!r} needs a critic (a learned value model), whose "
+            "values depend on training; the lab covers critic-free methods"
+        )
+    _check_policy(policy, "policy")
+    if reference is not None:
+        _check_policy(reference, "reference")
+    if not isinstance(ordered, bool):
+        raise ValueError(f"ordered must be True or False, got {ordered!r}")
+    G = (
+        method.group_size
+        if group_size is None
+        else check_positive_int(group_size, "group_size")
+    )
+    N, K = problem.num_prompts, problem.num_completions
+    L = problem.completions.shape[1]
+    n_g = _num_groups(K, G, ordered)
+    if N * n_g > MAX_GROUPS:
+        kind = f"{K}^{G}" if ordered else f"C({K}+{G}-1, {G})"
+        raise ValueError(
+            f"group_size G={G} is too large for this problem: {N} prompts x {kind} = "
+            f"{N * n_g} groups exceed MAX_GROUPS={MAX_GROUPS}; use a smaller G or "
+            "fewer completions"
+        )
+    with torch.no_grad():
+        old = problem.token_log_probs(policy)
+        device, dtype = old.device, old.dtype
+        ref = (
+            old
+            if reference is None
+            else problem.token_log_probs(reference).to(device=device, dtype=dtype)
+        )
+        seq = old.sum(-1).double()
+    total = seq.exp().sum(-1)
+    if bool(((total - 1).abs() > 1e-6).any()):
+        raise ValueError(
+            "the enumeration must cover every completion: each prompt's "
+            f"probabilities sum to {float(total.min()):.6g}..{float(total.max()):.6g}, "
+            "not 1 (a restricted enumeration leaves out groups)"
+        )
+    idx, count = _groups(K, G, ordered)
+    idx, count = idx.to(device), count.to(device)
+    # rows: prompt-major, then group, then member
+    x_idx = torch.arange(N, device=device).repeat_interleave(n_g * G)
+    comp_idx = idx.reshape(-1).repeat(N)
+    parts = _rows(problem, x_idx, comp_idx, old, ref, device, dtype)
+    try:
+        c, path = _all_coefficients(method, parts, N * n_g, G)
+    except ValueError as err:
+        raise ValueError(
+            f"method {method.name!r} cannot be run on groups of {G}: {err}"
+        ) from err
+    c = c.reshape(N, n_g, G, L).double()
+    # probability of each group: ρ(x) · count · Π_i p(y_i | x)
+    rho = problem.prompt_probs.to(device).double()
+    prob = rho.unsqueeze(1) * count * seq[:, idx].sum(-1).exp()  # (N, n_g)
+    onehot = torch.nn.functional.one_hot(idx, K).double()  # (n_g, G, K)
+    # V[x, g, k, t]: weight of completion k's token t in group g's update
+    V = torch.einsum("xgit,gik->xgkt", c, onehot)
+    C = torch.einsum("xg,xgkt->xkt", prob, V)
+    mask = problem.mask.to(device).double()
+    per_completion = bool(
+        (
+            (V - (V.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)) * mask).abs()
+            <= 1e-12 * (1.0 + V.abs().amax())
+        ).all()
+    )
+    if per_completion:
+        ones = torch.ones(N, K, dtype=dtype, device=device)
+        S = problem.per_sample_gradients(policy, ones).double()  # (N, K, d)
+        a = V.sum(-1) / mask.sum(-1)  # (N, n_g, K)
+        mean = torch.einsum("xkd,xgk,xg->d", S, a, prob)
+        gram = torch.einsum("xkd,xjd->xkj", S, S)
+        second = torch.einsum("xg,xgk,xkj,xgj->", prob, a, gram, a)
+    else:
+        S = _token_scores(problem, policy).double().reshape(N, K * L, -1)
+        a = V.reshape(N, n_g, K * L)
+        mean = torch.einsum("xkd,xgk,xg->d", S, a, prob)
+        gram = torch.einsum("xkd,xjd->xkj", S, S)
+        second = torch.einsum("xg,xgk,xkj,xgj->", prob, a, gram, a)
+    var = max(float(second - (mean**2).sum()), 0.0)
+    return {
+        "mean": mean.to(dtype),
+        "second_moment": float(second),
+        "variance": var,
+        "variance_equal_samples": G * var,
+        "group_size": G,
+        "num_groups": N * n_g,
+        "path": path,
+        "coefficients": C.to(dtype),
+    }
+
+
+# -- 2. the update against ∇J ------------------------------------------------------
+def compare_to_gradient(
+    update: torch.Tensor, grad_J: torch.Tensor, *, tol: float | None = None
+) -> dict:
+    """How an expected update relates to ∇J.
+
+    `scale` = u·∇J / ‖∇J‖² (the best multiple), `cosine`, `rel_bias` =
+    ‖u − scale·∇J‖ / ‖∇J‖ (what no rescaling removes: the direction error) and
+    `rel_error` = ‖u − ∇J‖ / ‖∇J‖. `classification`: `"unbiased"` when
+    `rel_error <= tol` (u = ∇J), `"scaled"` when `rel_bias <= tol` but not unbiased
+    (u = c ∇J with |c − 1| > tol), `"biased"` otherwise. `tol` defaults to
+    `CLASS_TOL` for the dtype (1e-8 in float64, 1e-4 in float32): exact arithmetic
+    differs from equality only by rounding. ValueError for mismatched shapes or
+    ∇J = 0.
+    """
+    for name, v in (("update", update), ("grad_J", grad_J)):
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or not v.is_floating_point():
+            raise ValueError(f"{name} must be a 1-D floating-point tensor")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite")
+    if update.shape != grad_J.shape:
+        raise ValueError(
+            f"update and grad_J must have one shape, got {tuple(update.shape)} and "
+            f"{tuple(grad_J.shape)}"
+        )
+    if tol is None:
+        tol = CLASS_TOL.get(torch.promote_types(update.dtype, grad_J.dtype), 1e-4)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    u, g = update.detach().double(), grad_J.detach().to(update.device).double()
+    gg = float(g @ g)
+    if gg == 0:
+        raise ValueError("grad_J is zero: there is no gradient to compare with")
+    scale = float(u @ g) / gg
+    un = float(u.norm())
+    cosine = float(u @ g) / (un * math.sqrt(gg)) if un > 0 else 0.0
+    rel_bias = float((u - scale * g).norm()) / math.sqrt(gg)
+    rel_error = float((u - g).norm()) / math.sqrt(gg)
+    if rel_error <= tol:
+        kind = "unbiased"
+    elif rel_bias <= tol:
+        kind = "scaled"
+    else:
+        kind = "biased"
+    return {
+        "scale": scale,
+        "cosine": cosine,
+        "rel_bias": rel_bias,
+        "rel_error": rel_error,
+        "classification": kind,
+        "tol": float(tol),
+    }
+
+
+# -- 3. implied objectives ---------------------------------------------------------
+def _success_probs(problem: ExactProblem, policy: torch.nn.Module) -> torch.Tensor:
+    """p_x = Σ_y p_θ(y | x) R(x, y) for 0/1 rewards: `(N,)`, differentiable."""
+    R = problem.returns()
+    if problem.per_step or not bool(((R == 0) | (R == 1)).all()):
+        raise ValueError("this objective needs terminal 0/1 rewards")
+    p = problem.probs(policy)
+    return (p * R.to(device=p.device, dtype=p.dtype)).sum(-1)
+
+
+def passk_objective(
+    problem: ExactProblem, policy: torch.nn.Module, k: int
+) -> torch.Tensor:
+    """pass@k = Σ_x ρ(x) (1 − (1 − p_x)^k), a differentiable scalar.
+
+    p_x = Σ_y p_θ(y | x) R(x, y) is prompt x's success probability (terminal 0/1
+    rewards; ValueError otherwise): the chance that at least one of `k` independent
+    completions succeeds. Its gradient weighs each prompt's ∇p_x by
+    k (1 − p_x)^(k−1): prompts the policy already solves count less. `k = 1` is J.
+    """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    k = check_positive_int(k, "k")
+    p = _success_probs(problem, policy)
+    rho = problem.prompt_probs.to(device=p.device, dtype=p.dtype)
+    return (rho * (1 - (1 - p) ** k)).sum()
+
+
+def _group_norm_constant(method, problem: ExactProblem, G: int) -> float | None:
+    """G times the per-token weight of the method's aggregation when every completion
+    has the same length (the constant between the per-sequence sum and the loss);
+    None when lengths differ and the aggregation depends on them."""
+    from ..trajectory_side.aggregation import aggregation_weights
+
+    agg = method.extra.get("aggregation", "seq-mean-token-sum")
+    lengths = problem.mask.sum(-1)
+    if agg in ("seq-mean-token-sum", "token-sum"):
+        L = 1
+    elif bool((lengths == lengths[0]).all()):
+        L = int(lengths[0])
+    else:
+        return None
+    mask = torch.zeros(G, problem.completions.shape[1], dtype=torch.float64)
+    mask[:, :L] = 1
+    return G * float(aggregation_weights(mask, agg, dtype=torch.float64)[0, 0])
+
+
+def _implied(method, problem: ExactProblem, policy, G: int):
+    """`(name, objective or None)` for the methods whose implied objective the book
+    knows; `(reason, None)` otherwise."""
+    name = method.name
+    advantages = getattr(method.advantages, "func", method.advantages)
+    adv_name = getattr(advantages, "__name__", "")
+    lengths = problem.mask.sum(-1)
+    equal = bool((lengths == lengths[0]).all())
+    binary = bool(((problem.rewards == 0) | (problem.rewards == 1)).all())
+    if name == "reinforce" or (name in ("reinforce_baseline", "rloo") and G >= 2):
+        return "J", problem.objective(policy)
+    if name in ("ppo_clip", "ppo_kl") and G >= 2:
+        if not equal:
+            return "— (token-mean weighs by length)", None
+        return f"J / {int(lengths[0])}", problem.objective(policy) / int(lengths[0])
+    if adv_name == "grpo_advantages":
+        const = _group_norm_constant(method, problem, G)
+        if const is None:
+            return "— (1/|o_i| with unequal lengths)", None
+        extra = method.extra
+        if extra.get("scale") is None:
+            obj = const * (G - 1) / G * problem.objective(policy)
+            return f"{const * (G - 1) / G:.4g} J", obj
+        if not binary:
+            return "— (std scaling, non-0/1 rewards)", None
+        p = _success_probs(problem, policy)
+        rho = problem.prompt_probs.to(device=p.device, dtype=p.dtype)
+        phi = binary_objective(
+            p,
+            G,
+            scale="std",
+            unbiased=extra.get("unbiased", True),
+            eps=extra.get("adv_eps", 1e-6),
+        )
+        return f"{const:.4g} Σ ρ Φ_G(p)", const * (rho * phi).sum()
+    k = method.extra.get("pass_k")
+    if k is not None and binary:
+        return f"pass@{k}", passk_objective(problem, policy, k)
+    return "—", None
+
+
+def implied_objective(
+    method, problem: ExactProblem, policy: torch.nn.Module, *, group_size=None
+) -> torch.Tensor | None:
+    """The objective a method's expected one-step update is the gradient of, as a
+    differentiable scalar, or None where the book knows none.
+
+    Known (on-policy step, reference = policy, the lab's conventions):
+
+    * `reinforce`; `reinforce_baseline` and `rloo` with `G >= 2` (a leave-one-out
+      baseline within the group): J itself;
+    * `ppo_clip`, `ppo_kl` with `G >= 2`: J / L when every completion has `L` tokens
+      (token-mean aggregation; their penalty has zero gradient at ratio 1); None
+      with unequal lengths;
+    * GRPO-type methods (`grpo_advantages`): without the std, c (G−1)/G · J (the
+      group mean includes the sample); with the std and 0/1 rewards,
+      c Σ_x ρ(x) Φ_G(p_x) with Φ_G = `policygrad.exact.group.binary_objective`
+      (2 arcsin √p as G grows); c = 1/L for the mean aggregations with equal lengths
+      L, 1 for `"seq-mean-token-sum"`; None when `1/|o_i|` meets unequal lengths;
+    * a method with `extra["pass_k"] = k`: `passk_objective`.
+
+    Checked against `method_update_moments` by autograd in `tests/test_lab.py` and in
+    every `lab_table` row. Derived in chapter 7 ("What GRPO's update estimates,
+    exactly").
+    """
+    from ..methods.base import get_method
+
+    method = get_method(method)
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    G = (
+        method.group_size
+        if group_size is None
+        else check_positive_int(group_size, "group_size")
+    )
+    return _implied(method, problem, policy, G)[1]
+
+
+# -- 4. the table and the plane ----------------------------------------------------
+def lab_table(
+    problem: ExactProblem,
+    policy: torch.nn.Module,
+    methods=None,
+    group_size: int = 4,
+    *,
+    tol: float | None = None,
+) -> list[dict]:
+    """One row per method (default: every registered one) at group size `group_size`.
+
+    Row keys: `method`, `G`, `scale`, `cosine`, `rel_bias`, `rel_error`,
+    `classification` (see `compare_to_gradient`, tolerance `tol`), `variance`
+    (the variance at equal samples, `G · tr Cov[u]`, see `method_update_moments`),
+    `objective` (the implied objective's name, or "—"), `confirmed` (True when
+    autograd of that objective equals the lab's expected update to `tol`, None
+    without an objective) and `skipped` (None, or why the lab cannot evaluate the
+    method: a critic, or a batch the method refuses). A skipped row has None in the
+    numeric fields.
+    """
+    from ..methods.base import METHODS, get_method
+
+    G = check_positive_int(group_size, "group_size")
+    names = list(METHODS) if methods is None else list(methods)
+    grad_J = problem.gradient(policy)
+    rows = []
+    for m in names:
+        method = get_method(m)
+        row = {
+            "method": method.name,
+            "G": G,
+            "scale": None,
+            "cosine": None,
+            "rel_bias": None,
+            "rel_error": None,
+            "classification": None,
+            "variance": None,
+            "objective": "—",
+            "confirmed": None,
+            "skipped": None,
+        }
+        if method.needs_critic:
+            row["skipped"] = "needs a critic (a learned value model)"
+            rows.append(row)
+            continue
+        try:
+            mom = method_update_moments(problem, policy, method, group_size=G)
+        except ValueError as err:
+            row["skipped"] = str(err)
+            rows.append(row)
+            continue
+        cmp = compare_to_gradient(mom["mean"], grad_J, tol=tol)
+        row.update(
+            {k: cmp[k] for k in ("scale", "cosine", "rel_bias", "rel_error")},
+            classification=cmp["classification"],
+            variance=mom["variance_equal_samples"],
+        )
+        name, obj = _implied(method, problem, policy, G)
+        row["objective"] = name
+        if obj is not None:
+            g = flat_grad(obj, flat_params(policy)).detach()
+            err = float((g - mom["mean"]).norm() / mom["mean"].norm().clamp_min(1e-300))
+            row["confirmed"] = err <= cmp["tol"]
+        rows.append(row)
+    return rows
+
+
+def bias_variance_plot(ax, rows: list[dict], *, colors=None) -> None:
+    """Place each evaluated `lab_table` row on the bias–variance plane: x = relative
+    bias ‖u − scale·∇J‖ / ‖∇J‖ (what no step size removes), y = the variance at equal
+    samples (log scale), one labelled marker per method. Skipped rows are left out.
+    `colors` defaults to the axes' colour cycle (`policygrad.plotting.COLORS` once
+    `policygrad.plotting.set_style` has run); pass `policygrad.plotting.COLORS` to
+    be explicit.
+    """
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.get("skipped") is None and r.get("variance")]
+    if not shown:
+        raise ValueError("no evaluated row with a positive variance to plot")
+    if colors is None:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(shown):
+        color = colors[i % len(colors)]
+        ax.scatter([r["rel_bias"]], [r["variance"]], color=color, zorder=3)
+        ax.annotate(
+            f"{r['method']} (G={r['G']})",
+            (r["rel_bias"], r["variance"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize="small",
+            color=color,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("relative bias |E[u] − c ∇J| / |∇J|")
+    ax.set_ylabel("variance at equal samples, G tr Cov[u]")
