@@ -222,3 +222,42 @@ def test_prompt_value_share_edge_cases():
     for bad in (torch.ones(1, 4), torch.ones(4, 1), torch.full((2, 2), 0.5)):
         with pytest.raises(ValueError):
             prompt_value_share(bad)
+
+
+def test_exact_pass_at_k_matches_closed_form_and_sampling():
+    """exact_pass_at_k is mean_x 1 - (1 - p_x)^k of the teacher-forced p_x, and agrees
+    with sampled pass@k within 5 standard errors (a wrong k, e.g. pass@1 reported as
+    pass@8, is off by > 20 of them on the warm start)."""
+    task = pg.lm.tasks.make_task("addition")
+    problems = task.eval_set(240)
+    policy, _ = pg.load_warm_start("addition")
+    q = pg.diagnostics.exact_pass_at_k(policy, task, problems, ks=(1, 8))
+    p = pg.lm.tasks.success_probabilities(policy, task, problems).double()
+    assert q[1] == pytest.approx(float(p.mean()), abs=1e-12)
+    assert q[8] == pytest.approx(float((1 - (1 - p) ** 8).mean()), abs=1e-12)
+    reps = 4  # 960 problem draws
+    sampled = [
+        pg.lm.tasks.evaluate(
+            policy,
+            task,
+            problems,
+            greedy=False,
+            samples=8,
+            generator=torch.Generator().manual_seed(r),
+        )["pass_at_k"]
+        for r in range(reps)
+    ]
+    per_problem = 1 - (1 - p) ** 8
+    se = float((per_problem * (1 - per_problem)).sum().sqrt()) / (
+        len(problems) * reps**0.5
+    )
+    assert abs(sum(sampled) / reps - q[8]) < 5 * se
+    assert abs(q[1] - q[8]) > 20 * se
+
+
+@pytest.mark.parametrize("ks", [(), (0,), "8", 3, (1.5,)])
+def test_exact_pass_at_k_rejects_bad_ks(ks):
+    task = pg.lm.tasks.make_task("addition")
+    policy, _ = pg.load_warm_start("addition")
+    with pytest.raises(ValueError):
+        pg.diagnostics.exact_pass_at_k(policy, task, task.eval_set(8), ks=ks)

@@ -161,16 +161,7 @@ def _labels() -> set[str]:
 
 #: Methods registered before the chapter that derives them is written (their ``section`` is still empty).
 #: Remove a name from here when its chapter lands; the test then requires its label.
-CHAPTER_PENDING: set[str] = {  # methods registered before their chapter exists (chapter 8)
-    "rloo",
-    "dr_grpo",
-    "grpo_batch_std",
-    "reinforce_pp",
-    "reinforce_pp_baseline",
-    "opo",
-    "gpg",
-    "grpo_passk",
-}
+CHAPTER_PENDING: set[str] = set()  # methods registered before their chapter exists
 
 
 def test_registered_methods_have_metadata_that_resolves_in_the_book():

@@ -36,6 +36,25 @@ def _batch(*, loss_mask_zero: bool, garbage: bool, rewards: torch.Tensor | None 
         truncated=torch.zeros(B, dtype=torch.bool),
         values=torch.where(mask > 0, torch.rand(B, T, generator=g), fill),
         rollout_log_probs=torch.where(mask > 0, logp, fill),
+        # what remax, gdpo and optimal_token_baseline read (filled by train for them)
+        greedy_rewards=torch.tensor([1.0, 0.0]).repeat_interleave(G),
+        reward_components=torch.tensor(
+            [
+                [1.0, 1.0],
+                [0.0, 1.0],
+                [1.0, 0.0],
+                [0.0, 1.0],
+                [0.0, 1.0],
+                [0.0, 0.0],
+                [1.0, 1.0],
+                [1.0, 1.0],
+            ]
+        ),  # fmt: skip
+        sum_pi_squared=torch.where(
+            mask > 0,
+            0.2 + 0.7 * torch.rand(B, T, generator=torch.Generator().manual_seed(1)),
+            fill,
+        ),  # fmt: skip
     )
     new_logp = torch.where(mask > 0, logp + 0.05 * torch.randn(B, T, generator=g), fill).requires_grad_(True)
     return batch, new_logp

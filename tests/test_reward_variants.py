@@ -342,7 +342,9 @@ NEW = (
 def test_the_variants_are_registered_with_their_sides_and_recipes():
     for name in NEW:
         m = get_method(name)
-        assert m.section == "" and m.paper and m.why and m.unsolved
+        assert (
+            m.section.startswith("sec-variants-") and m.paper and m.why and m.unsolved
+        )
         assert isinstance(m.trl, (Recipe, Unsupported)) and isinstance(
             m.verl, (Recipe, Unsupported)
         )
@@ -355,7 +357,12 @@ def test_the_variants_are_registered_with_their_sides_and_recipes():
             assert "aggregation" in m.why
         else:
             assert m.changes == ("reward",) and m.loss is reinforce_loss
-    assert "remax" not in METHODS and "gdpo" not in METHODS  # see the module docstring
+    # the three that read more than the rewards (tests/test_remax_gdpo_otb.py)
+    assert METHODS["remax"].greedy_baseline and METHODS["remax"].group_size == 1
+    assert METHODS["optimal_token_baseline"].needs_sum_pi_squared
+    assert not any(
+        METHODS[n].greedy_baseline or METHODS[n].needs_sum_pi_squared for n in NEW
+    )
     assert (
         isinstance(get_method("rloo").trl, Recipe)
         and get_method("rloo").trl.trainer == "trl.RLOOTrainer"

@@ -291,12 +291,14 @@ def test_history_has_the_documented_columns(G):
     assert [r["step"] for r in h.rows] == list(range(6))
     assert [r["samples"] for r in h.rows] == [8 * G * i for i in range(6)]
     assert h.series("heldout_accuracy")[0] == [0, 2, 4, 5]  # before, every eval_every, after the last
-    optional = {"heldout_accuracy", "zero_var_groups", "clip_frac", "approx_kl", "value_loss", "explained_variance"}
+    optional = {"heldout_accuracy", "zero_var_groups", "clip_frac", "approx_kl", "value_loss", "explained_variance",
+                "greedy_samples"}
     every = set(METRICS) - optional - {"kl_ref", "skipped"}  # kl_ref: REINFORCE does not need the reference
     for r in h.rows[1:]:
         assert every <= set(r), set(every) - set(r)
         assert ("zero_var_groups" in r) == (G >= 2)
         assert "clip_frac" not in r  # REINFORCE has no ratio
+        assert "greedy_samples" not in r  # only methods with a greedy baseline (ReMax)
     assert set(h.rows[0]) == {"step", "samples", "heldout_accuracy", "seconds"}
     assert set(h.columns) <= set(METRICS)
     for r in h.rows:

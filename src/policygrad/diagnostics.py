@@ -30,6 +30,7 @@ __all__ = [
     "reused_batch_bias",
     "windowed_comparison",
     "prompt_value_share",
+    "exact_pass_at_k",
 ]
 
 
@@ -370,6 +371,32 @@ def prompt_value_share(rewards: torch.Tensor) -> dict[str, float]:
         "var_value": var_value,
         "share": share,
     }
+
+
+def exact_pass_at_k(
+    policy: torch.nn.Module, task, problems, ks: Sequence[int] = (1, 8)
+) -> dict[int, float]:
+    """Held-out pass@k of a language-model policy, exactly, for each `k` in `ks`.
+
+    With `p_x` the probability that one sampled completion of problem `x` is correct
+    (`policygrad.lm.tasks.success_probabilities`: one teacher-forced pass over the
+    answers, no sampling), pass@k = mean_x (1 − (1 − p_x)^k)
+    (`policygrad.reward_side.pass_at_k`), the chance that at least one of `k`
+    independent samples is right; k = 1 is the held-out J. No evaluation noise: two
+    runs differ only through their parameters. Returns `{k: value}`. Used in chapter
+    8 ("The variants on TinyGPT at equal samples").
+    """
+    from .lm.tasks import success_probabilities
+    from .reward_side.variants import pass_at_k
+
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
+    ks = [check_positive_int(k, "k") for k in ks]
+    if not ks:
+        raise ValueError("ks is empty: give at least one k")
+    with torch.no_grad():
+        p = success_probabilities(policy, task, problems).double()
+    return {k: float(pass_at_k(p, k).mean()) for k in ks}
 
 
 def reused_batch_bias(

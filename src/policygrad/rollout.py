@@ -96,6 +96,23 @@ def _check_log_probs(
         )
 
 
+def _check_float(x: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
+    check_tensor(x, name, len(shape))
+    if tuple(x.shape) != shape or not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor of shape {shape}, "
+            f"got {x.dtype} {tuple(x.shape)}"
+        )
+
+
+def _detach(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach()
+
+
+def _rows(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x[idx]
+
+
 @dataclass(frozen=True)
 class RolloutBatch:
     """One RL batch: `B` completions with all the reward and trajectory sides need.
@@ -125,7 +142,16 @@ class RolloutBatch:
       group are contiguous and every group has the same size `G` (`group_size`);
     * `truncated (B,)`: True where the completion hit the length limit before EOS;
     * `values (B, T)` or None: a critic's V(s_t) at sampling time (methods with a value
-      model; 0 on padding).
+      model; 0 on padding);
+    * `greedy_rewards (B,)` or None: the reward of the greedy (argmax) completion of
+      each row's prompt, the same on every row of a group (ReMax's baseline;
+      `policygrad.train.train` fills it for a method with `greedy_baseline`);
+    * `reward_components (B, K)` or None: K reward components of each completion (e.g.
+      correctness and format, in the order of `policygrad.lm.Task.reward_names`),
+      whose weighted sum is `rewards` (GDPO reads them);
+    * `sum_pi_squared (B, T)` or None: Σ_v π_θ_old(v | x, y_<t)² at each position
+      (anything on padding), verl's `sum_pi_squared` for the optimal token baseline
+      (filled for a method with `needs_sum_pi_squared`).
 
     Everything is validated on construction (ValueError naming the field): shapes, 0/1
     masks, the loss mask inside the mask, finite rewards, log-probabilities and values
@@ -145,6 +171,9 @@ class RolloutBatch:
     truncated: torch.Tensor
     values: torch.Tensor | None = None
     rollout_log_probs: torch.Tensor | None = None
+    greedy_rewards: torch.Tensor | None = None
+    reward_components: torch.Tensor | None = None
+    sum_pi_squared: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_tensor(self.completions, "completions", 2)
@@ -228,6 +257,33 @@ class RolloutBatch:
                     f"got {tuple(self.values.shape)}"
                 )
             check_finite(self.values, "values", mask=self.mask)
+        if self.greedy_rewards is not None:
+            _check_float(self.greedy_rewards, "greedy_rewards", (B,))
+            check_finite(self.greedy_rewards, "greedy_rewards")
+            per_group = self.greedy_rewards.detach().reshape(-1, B // len(starts))
+            if bool((per_group != per_group[:, :1]).any()):
+                raise ValueError(
+                    "greedy_rewards must be the same on every row of a group "
+                    "(the reward of the prompt's greedy completion)"
+                )
+        if self.reward_components is not None:
+            check_tensor(self.reward_components, "reward_components", 2)
+            K = self.reward_components.shape[1]
+            if K < 1:
+                raise ValueError("reward_components needs at least one column")
+            _check_float(self.reward_components, "reward_components", (B, K))
+            check_finite(self.reward_components, "reward_components")
+        if self.sum_pi_squared is not None:
+            _check_float(self.sum_pi_squared, "sum_pi_squared", (B, T))
+            check_finite(self.sum_pi_squared, "sum_pi_squared", mask=self.mask)
+            bad = (self.sum_pi_squared.detach() < 0) | (
+                self.sum_pi_squared.detach() > 1 + 1e-5
+            )
+            if bool((bad & (self.mask != 0)).any()):
+                raise ValueError(
+                    "sum_pi_squared must lie in [0, 1] on real tokens (a sum of "
+                    "squared probabilities)"
+                )
 
     @classmethod
     def from_samples(
@@ -240,13 +296,18 @@ class RolloutBatch:
         loss_mask: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
         old_log_probs: torch.Tensor | None = None,
+        greedy_rewards: torch.Tensor | None = None,
+        reward_components: torch.Tensor | None = None,
+        sum_pi_squared: torch.Tensor | None = None,
     ) -> RolloutBatch:
         """Wrap sampler output, laid out as by `sample(group_size=G)`.
 
         Rows `i*G .. i*G+G-1` form group `i`. `loss_mask` defaults to the completion
         mask; `rollout_log_probs` are the sampler's log-probs; `old_log_probs` default
         to them too (pass the trainer's recomputed ones, as `policygrad.train.train`
-        does); `values` are a critic's values of the sampled states.
+        does); `values` are a critic's values of the sampled states; `greedy_rewards`,
+        `reward_components` and `sum_pi_squared` go to the fields of those names
+        (None: absent). Tensors that the batch keeps are detached.
         """
         if not isinstance(samples, Samples):
             raise ValueError(f"samples must be a Samples, got {type(samples).__name__}")
@@ -271,6 +332,9 @@ class RolloutBatch:
             truncated=samples.truncated,
             values=None if values is None else values.detach(),
             rollout_log_probs=samples.log_probs.detach(),
+            greedy_rewards=_detach(greedy_rewards),
+            reward_components=_detach(reward_components),
+            sum_pi_squared=_detach(sum_pi_squared),
         )
 
     def __len__(self) -> int:
@@ -321,4 +385,7 @@ class RolloutBatch:
             rollout_log_probs=None
             if self.rollout_log_probs is None
             else self.rollout_log_probs[idx],
+            greedy_rewards=_rows(self.greedy_rewards, idx),
+            reward_components=_rows(self.reward_components, idx),
+            sum_pi_squared=_rows(self.sum_pi_squared, idx),
         )

@@ -217,6 +217,8 @@ def exact_gradient_ascent(
 METRICS = {
     "step": "optimiser steps taken so far (0 = before training)",
     "samples": "completions sampled so far",
+    "greedy_samples": "greedy completions generated so far (ReMax's baseline; "
+    "methods with greedy_baseline only)",
     "reward": "mean reward of the step's completions",
     "heldout_accuracy": "greedy exact-match accuracy on the held-out "
     "evaluation problems",
@@ -435,6 +437,18 @@ def train(
     minibatches as the policy. Its values of the sampled states go into `batch.values`
     before the advantages are computed.
 
+    What a method asks for beyond the sampled batch
+    (`policygrad.methods.Method`): with `greedy_baseline` (ReMax) the loop also decodes
+    one greedy completion per prompt (`top_k=1`, with its own generator seeded by
+    `seed`, so the draws of the run's generator are unchanged), scores it with
+    `task.rewards` and puts it, repeated over the prompt's G rows, in
+    `batch.greedy_rewards`; the `greedy_samples` column counts those extra
+    generations. With `needs_sum_pi_squared` it puts Σ_v π_old(v | s_t)², from the
+    logits of the forward that gives `old_log_probs` (detached), in
+    `batch.sum_pi_squared`. A task with several reward components
+    (`len(task.reward_names) > 1`, e.g. `policygrad.lm.FormatAdditionTask`) gets them
+    in `batch.reward_components` for every method.
+
     Every optimiser step checks the loss, the gradient norm (policy and critic) and,
     after the step, the parameters for NaN/inf. `on_nonfinite="raise"` (default) stops
     at the first one with a `TrainingDiverged` (a ValueError) naming the step, the
@@ -557,6 +571,11 @@ def train(
     hist = History() if history is None else history
     step0 = hist.rows[-1]["step"] if hist.rows else 0
     samples_seen = hist.rows[-1].get("samples", 0) if hist.rows else 0
+    greedy_seen = hist.rows[-1].get("greedy_samples", 0) if hist.rows else 0
+    # greedy decoding (top_k=1) still calls the sampler's multinomial: its own
+    # generator, so the draws from g are those of every other method
+    greedy_g = torch.Generator().manual_seed(seed) if method.greedy_baseline else None
+    components = len(getattr(task, "reward_names", ("reward",))) > 1
     eos = task.tokenizer.eos_id
     t0 = time.perf_counter()
 
@@ -616,9 +635,28 @@ def train(
             ) from err
         # 2. rewards; the trainer's own log-probs of the sampled tokens; reference
         # log-probs; the batch
-        rewards = task.rewards(
-            [p for p in problems for _ in range(G)], samples.completions, samples.mask
+        rows_problems = [p for p in problems for _ in range(G)]
+        rewards = task.rewards(rows_problems, samples.completions, samples.mask)
+        reward_components = (
+            task.reward_components(rows_problems, samples.completions, samples.mask)
+            if components
+            else None
         )
+        greedy_rewards = None
+        if method.greedy_baseline:  # one greedy completion per prompt (ReMax)
+            with torch.no_grad():
+                greedy = policy.sample(
+                    prompts,
+                    max_new_tokens=task.max_new_tokens,
+                    eos=eos,
+                    temperature=1.0,
+                    top_k=1,
+                    generator=greedy_g,
+                )
+            greedy_rewards = task.rewards(
+                problems, greedy.completions, greedy.mask
+            ).repeat_interleave(G)
+            greedy_seen += len(problems)
         policy.train()
         if one_pass:
             logits = policy(samples.prompts, samples.completions, group_size=G)
@@ -628,6 +666,13 @@ def train(
                 logits = policy(samples.prompts, samples.completions, group_size=G)
                 logp_full = token_log_probs(logits, samples.completions)
         old_logp = select(logp_full.detach(), samples.mask)
+        sum_pi_sq = None
+        if method.needs_sum_pi_squared:  # Σ_v π_old(v | s_t)², no gradient
+            with torch.no_grad():
+                sum_pi_sq = select(
+                    torch.softmax(logits.detach(), dim=-1).square().sum(-1),
+                    samples.mask,
+                )
         # the policy's entropy on its own samples, before any update
         with torch.no_grad():
             ent = token_entropy(logits.detach())
@@ -659,6 +704,9 @@ def train(
             ref_log_probs=ref_logp,
             values=values,
             old_log_probs=old_logp,
+            greedy_rewards=greedy_rewards,
+            reward_components=reward_components,
+            sum_pi_squared=sum_pi_sq,
         )
         # 3. advantages (reward side), and the critic's regression targets
         adv = method.advantages(batch)
@@ -755,6 +803,10 @@ def train(
         row = {
             "step": step,
             "samples": samples_seen,
+        }
+        if method.greedy_baseline:
+            row["greedy_samples"] = greedy_seen
+        row |= {
             "reward": batch.sequence_rewards.mean().item(),
             "entropy": entropy,
         }

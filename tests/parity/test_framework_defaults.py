@@ -493,3 +493,60 @@ def test_verl_mini_batch_counts_prompts(verl):
         in src
     )
     assert '"global_batch_size": ppo_mini_batch_size' in src
+
+
+# ---------------------------------------------------- chapter 8's box (reward-side variants)
+
+
+def test_trl_reward_variant_settings(trl):
+    """Chapter 8's box: RLOOConfig's num_generations defaults to 2 (rloo_config.py:301-302);
+    GRPOTrainer accepts scale_rewards 'group'/'batch'/'none' (grpo_trainer.py:2767-2786) and
+    multi_objective_aggregation 'sum_then_normalize'/'normalize_then_sum' (grpo_trainer.py:
+    2761-2805); loss_type='dr_grpo' divides by rows x max_completion_length (grpo_trainer.py:
+    3163-3164)."""
+    assert defaults(trl.RLOOConfig)["num_generations"] == 2
+    src = (Path(trl.__file__).parent / "trainer" / "grpo_trainer.py").read_text(
+        encoding="utf-8"
+    )
+    assert 'if self.scale_rewards in ["group", "none"]:' in src
+    assert 'elif self.scale_rewards == "batch":' in src
+    assert 'if self.multi_objective_aggregation == "sum_then_normalize":' in src
+    assert 'elif self.multi_objective_aggregation == "normalize_then_sum":' in src
+    assert (
+        "loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * "
+        "self.max_completion_length)" in src
+    )
+    for name in ("Remax", "ReMax", "REINFORCEPlusPlus", "OPOTrainer", "GPGTrainer"):
+        assert not hasattr(trl, name)
+
+
+def test_verl_reward_variant_estimators(verl):
+    """Chapter 8's box: verl's advantage estimators (core_algos.py:97-110), the std switch
+    (ppo_trainer.yaml:81), ReMax's greedy baseline rollout (ray_trainer.py:1493-1500) and
+    the optimal token baseline's sum_pi_squared switch (actor/actor.yaml:100, ray_trainer.py:
+    264-271)."""
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, AdvantageEstimator
+
+    names = {e.value for e in AdvantageEstimator}
+    box = {
+        "grpo",
+        "rloo",
+        "rloo_vectorized",
+        "reinforce_plus_plus",
+        "reinforce_plus_plus_baseline",
+        "remax",
+        "opo",
+        "gpg",
+        "grpo_passk",
+        "gdpo",
+        "optimal_token_baseline",
+    }
+    assert box <= names
+    assert box <= set(ADV_ESTIMATOR_REGISTRY)
+    assert verl_yaml(verl, "ppo_trainer.yaml")["algorithm"]["norm_adv_by_std_in_grpo"]
+    assert verl_yaml(verl, "actor/actor.yaml")["calculate_sum_pi_squared"] is False
+    src = (Path(verl.__file__).parent / "trainer" / "ppo" / "ray_trainer.py").read_text(
+        encoding="utf-8"
+    )
+    assert "REMAX needs one sampled rollout plus one greedy baseline per prompt" in src
+    assert "Please set actor.calculate_sum_pi_squared=True in config." in src

@@ -13,6 +13,8 @@ case) and one with a zero reward (GPG's count). Tolerances, with verl's epsilons
 * REINFORCE++ and REINFORCE++-baseline: verl's ``masked_whiten`` multiplies by
   ``rsqrt(var + 1e-8)`` (``utils/torch_functional.py:343``), the package divides by the std: a
   relative ``1e-8 / var`` difference, ``rtol = 1e-6``.
+* Optimal token baseline: the same float64 arithmetic, ``1e-12``.
+* DAPO's overlong penalty: ``DAPORewardManager`` itself (float32 reward tensor), ``atol = 1e-6``.
 * GDPO: verl turns each component into float32 (``core_algos.py:430``) and whitens in float32:
   ``rtol = atol = 1e-5``; its per-component GRPO divides by ``std + 1e-6``.
 
@@ -219,3 +221,138 @@ def test_gdpo():
         rs.group_advantages(comps @ torch.tensor(weights, dtype=F64), G), mask
     )
     assert float((rs.whiten(summed, mask) - ours).abs().max()) > 0.05
+
+
+def _otb_inputs(seed: int = 0):
+    """The batch above plus the optimal token baseline's inputs: old log-probs in (-2, 0) and
+    sum pi^2 in [pi^2, 1] (what a softmax can give), 0 on padding."""
+    r, mask, tokens, uid = _inputs()
+    g = torch.Generator().manual_seed(seed)
+    old = -2 * torch.rand(B, T, generator=g, dtype=F64) * mask
+    pi2 = old.exp() ** 2
+    spsq = (pi2 + (1 - pi2) * torch.rand(B, T, generator=g, dtype=F64)) * mask
+    return r, mask, tokens, uid, old, spsq
+
+
+@pytest.mark.parametrize("zero_tail", [True, False])
+def test_optimal_token_baseline(zero_tail):
+    """``compute_optimal_token_baseline_advantage`` (core_algos.py:872): w = 1 - 2 pi + sum pi^2,
+    W = cumsum, per-step baseline sum R W / (sum W + 1e-8) within each group, the zero-tail rule.
+    Outcome rewards, and per-step rewards (verl's token-level rewards are per step anyway). Every
+    group of this batch has one longest row (7 tokens; the next are 5, 6, 6, 4), so the tail rule
+    acts in each."""
+    r, mask, tokens, uid, old, spsq = _otb_inputs()
+    adv, ret = core_algos.compute_optimal_token_baseline_advantage(
+        token_level_rewards=tokens.clone(),
+        response_mask=mask,
+        index=uid,
+        old_log_probs=old,
+        sum_pi_squared=spsq,
+        handle_zero_tail=zero_tail,
+    )
+    ours = rs.optimal_token_baseline_advantages(
+        r, mask, old, spsq, G, handle_zero_tail=zero_tail
+    )
+    torch.testing.assert_close(ours, adv, **EXACT)
+    # per-step rewards: a reward on every token
+    g = torch.Generator().manual_seed(3)
+    step = torch.randn(B, T, generator=g, dtype=F64) * mask
+    adv2, _ = core_algos.compute_optimal_token_baseline_advantage(
+        token_level_rewards=step.clone(),
+        response_mask=mask,
+        index=uid,
+        old_log_probs=old,
+        sum_pi_squared=spsq,
+        handle_zero_tail=zero_tail,
+    )
+    ours2 = rs.optimal_token_baseline_advantages(
+        step, mask, old, spsq, G, handle_zero_tail=zero_tail
+    )
+    torch.testing.assert_close(ours2, adv2, **EXACT)
+    # the zero tail changes something on this batch
+    other = rs.optimal_token_baseline_advantages(
+        r, mask, old, spsq, G, handle_zero_tail=not zero_tail
+    )
+    assert float((other - ours).abs().max()) > 1e-3
+
+
+def test_optimal_token_baseline_is_not_the_group_mean():
+    """With w = 1 everywhere (sum pi^2 = 2 pi) and equal lengths the baseline is the group mean
+    at every step (verl agrees); with the real weights it is not."""
+    r, mask, tokens, uid, old, spsq = _otb_inputs()
+    full = torch.ones(B, T, dtype=F64)
+    flat = 2 * old.exp()
+    ours = rs.optimal_token_baseline_advantages(r, full, old, flat, G)
+    tok_full = r.unsqueeze(1).expand(B, T).clone() * 0
+    tok_full[:, -1] = r
+    adv, _ = core_algos.compute_optimal_token_baseline_advantage(
+        token_level_rewards=tok_full,
+        response_mask=full,
+        index=uid,
+        old_log_probs=old,
+        sum_pi_squared=flat,
+    )
+    torch.testing.assert_close(ours, adv, **EXACT)
+    centred = (r - r.view(-1, G).mean(1).repeat_interleave(G)).unsqueeze(1).expand(B, T)
+    torch.testing.assert_close(
+        ours, centred, rtol=1e-7, atol=1e-7
+    )  # eps 1e-8 in the denominator
+    real = rs.optimal_token_baseline_advantages(r, full, old, spsq, G)
+    assert float((real - centred).abs().max()) > 1e-2
+
+
+class _NoText:
+    """The tokenizer the DAPO reward manager decodes with (the score ignores the text)."""
+
+    eos_token = "<eos>"
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+@pytest.mark.parametrize("cache, factor", [(1, 1.0), (4, 1.0), (4, 0.5), (12, 1.0)])
+def test_overlong_penalty_matches_verls_dapo_reward_manager(cache, factor):
+    """``DAPORewardManager.__call__`` (verl/workers/reward_manager/dapo.py:121-129: exceed =
+    length - (L_max - L_cache); reward += min(-exceed / L_cache * factor, 0)) run for real on a
+    DataProto with a score of 0, every response length 1 .. L_max (verl's lengths never exceed
+    L_max; it requires L_cache > 0). Its reward sits on the last response token, float32."""
+    from types import SimpleNamespace
+
+    from verl import DataProto
+    from verl.workers.reward_manager.dapo import DAPORewardManager
+
+    L, P = 12, 2
+    lengths = torch.arange(1, L + 1)
+    n = len(lengths)
+    cfg = SimpleNamespace(enable=True, len=cache, penalty_factor=factor, log=False)
+    manager = DAPORewardManager(
+        tokenizer=_NoText(),
+        num_examine=0,
+        compute_score=lambda **kw: 0.0,
+        max_resp_len=L,
+        overlong_buffer_cfg=cfg,
+    )
+    response_mask = (torch.arange(L) < lengths[:, None]).long()
+    data = DataProto.from_dict(
+        tensors={
+            "prompts": torch.ones(n, P, dtype=torch.long),
+            "responses": torch.ones(n, L, dtype=torch.long),
+            "attention_mask": torch.cat(
+                [torch.ones(n, P, dtype=torch.long), response_mask], 1
+            ),
+        },
+        non_tensors={
+            "reward_model": np.array([{"ground_truth": ""}] * n, dtype=object),
+            "data_source": np.array(["toy"] * n, dtype=object),
+        },
+    )
+    reward = manager(data)
+    assert bool(
+        (reward[torch.arange(n), lengths - 1] == reward.sum(-1)).all()
+    )  # on the last token
+    ours = rs.overlong_penalty(lengths.to(F64), L, cache, factor=factor)
+    torch.testing.assert_close(reward.sum(-1).to(F64), ours, rtol=0, atol=1e-6)
+    assert (
+        float(ours.min()) == -factor
+        and float(ours[lengths <= L - cache].abs().sum()) == 0.0
+    )

@@ -12,6 +12,8 @@ G = 4 sampled completions, one all-equal group, one low-spread group with std ~1
   = ``gdpo_advantages(eps=1e-4, batch_eps=1e-4)`` without a mask, with the one reward function
   of the shared trainer (K = 1; two components are compared with verl's GDPO in
   ``test_reward_variants_parity.py``);
+* ``GRPOConfig(**to_trl("gdpo"))`` with two reward functions = the registered ``gdpo``'s
+  advantages on the two components;
 * ``RLOOConfig(**to_trl("rloo"))`` and ``GRPOConfig(**to_trl("dr_grpo"))`` build trainers whose advantages
   are ``rloo_advantages`` and ``dr_grpo_advantages``;
 * ``trl.rewards.get_soft_overlong_punishment`` (``trl/rewards/other_rewards.py:83-138``) =
@@ -143,3 +145,60 @@ def test_to_trl_dr_grpo_builds_a_grpo_trainer(
     torch.testing.assert_close(
         out["advantages"].to(F64), pg.reward_side.dr_grpo_advantages(r, G), **ADV
     )
+
+
+class _Parity:
+    """A second reward function of the completion ids (0/1: odd length), recording what it gave."""
+
+    __name__ = "parity_reward"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        out = [float(len(ids) % 2) for ids in completion_ids]
+        self.calls.append(out)
+        return out
+
+
+def test_to_trl_gdpo_builds_a_normalize_then_sum_trainer(
+    model_dir, tok, tmp_path_factory, recorder
+):
+    """``GRPOConfig(**to_trl("gdpo"))`` (with this test's G) and two reward functions: TRL's
+    ``normalize_then_sum`` (grpo_trainer.py:2790-2799) = the registered method's advantages on
+    a batch whose ``reward_components`` are the two functions' rewards (eps 1e-4 twice)."""
+    settings = {**pg.methods.to_trl("gdpo"), "num_generations": G}
+    second = _Parity()
+    trainer = _trainer(
+        model_dir,
+        tok,
+        tmp_path_factory,
+        reward=[recorder, second],
+        per_device_train_batch_size=len(PROMPTS) * G,
+        max_completion_length=6,
+        **settings,
+    )
+    assert trainer.multi_objective_aggregation == "normalize_then_sum"
+    assert trainer.loss_type == "luspo" and trainer.beta == 0.0
+    out, r = _generate(trainer, recorder)
+    comps = torch.stack([r, torch.tensor(second.calls[-1], dtype=F64)], 1)
+    assert float(comps[:, 1].std()) > 0.1  # the second component varies
+    B = comps.shape[0]
+    mask = torch.ones(B, 3, dtype=F64)
+    batch = pg.RolloutBatch(
+        prompts=torch.zeros(B, 1, dtype=torch.long),
+        completions=torch.ones(B, 3, dtype=torch.long),
+        mask=mask,
+        loss_mask=mask,
+        old_log_probs=torch.zeros(B, 3, dtype=F64),
+        ref_log_probs=None,
+        rewards=comps.sum(1),
+        group_ids=torch.arange(B) // G,
+        truncated=torch.zeros(B, dtype=torch.bool),
+        reward_components=comps,
+    )
+    ours = pg.get_method("gdpo").advantages(batch)[:, 0]
+    torch.testing.assert_close(out["advantages"].to(F64), ours, **ADV)
+    # GRPO on the summed reward is a different estimator
+    grpo = pg.reward_side.group_advantages(comps.sum(1), G, eps=1e-4)
+    assert float((grpo - ours).abs().max()) > 1e-2

@@ -72,6 +72,11 @@ def _batch(group_size: int, *, seed: int = 0):
     if G > 1:
         rewards[G : 2 * G] = 0.5  # an all-equal group
     values = torch.randn(B, T, generator=g, dtype=F64) * mask
+    # ReMax's greedy rewards (one per prompt) and the optimal token baseline's sum pi^2 (in [pi^2, 1])
+    greedy = torch.rand(n_groups, generator=g, dtype=F64).repeat_interleave(G)
+    spsq = (
+        old.exp() ** 2 + (1 - old.exp() ** 2) * torch.rand(B, T, generator=g, dtype=F64)
+    ) * mask
     junk = 1e3 * (1 - mask)
     return {
         "B": B,
@@ -85,6 +90,8 @@ def _batch(group_size: int, *, seed: int = 0):
         "rewards": rewards,
         "values": values,
         "lengths": lengths,
+        "greedy": greedy,
+        "spsq": spsq + junk,
     }
 
 
@@ -101,6 +108,8 @@ def _policygrad(method, d):
         group_ids=torch.arange(B) // G,
         truncated=torch.zeros(B, dtype=torch.bool),
         values=d["values"] if method.needs_critic else None,
+        greedy_rewards=d["greedy"] if method.greedy_baseline else None,
+        sum_pi_squared=d["spsq"] if method.needs_sum_pi_squared else None,
     )
     logp = d["logp"].clone().requires_grad_(True)
     adv = method.advantages(batch)
@@ -143,7 +152,13 @@ def _verl_advantages(cfg, d, token_rewards):
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
         )
     fn = core_algos.get_adv_estimator_fn(algo.adv_estimator)
-    return fn(token_level_rewards=token_rewards, response_mask=mask, config=algo, index=uid)
+    kwargs = {}
+    if algo.adv_estimator == "remax":  # ray_trainer.py:258-259 (reward_baselines from the greedy batch)
+        kwargs["reward_baselines"] = d["greedy"]
+    if algo.adv_estimator == "optimal_token_baseline":  # ray_trainer.py:264-275
+        assert cfg.actor_rollout_ref.actor.calculate_sum_pi_squared
+        kwargs.update(sum_pi_squared=d["spsq"] * mask, old_log_probs=d["old"] * mask, rollout_is_weights=None)
+    return fn(token_level_rewards=token_rewards, response_mask=mask, config=algo, index=uid, **kwargs)
 
 
 def _verl_actor_loss(cfg, d, advantages):

@@ -41,11 +41,13 @@ from .group import MAX_GROUPS, binary_objective
 
 __all__ = [
     "method_update_moments",
+    "greedy_completions",
     "compare_to_gradient",
     "passk_objective",
     "implied_objective",
     "lab_table",
     "bias_variance_plot",
+    "format_lab_table",
     "CLASS_TOL",
 ]
 
@@ -98,28 +100,105 @@ def _token_scores(problem: ExactProblem, policy: torch.nn.Module) -> torch.Tenso
     )
 
 
+# -- what a method reads beyond the rewards ----------------------------------------
+def greedy_completions(problem: ExactProblem, policy: torch.nn.Module) -> torch.Tensor:
+    """The index of each prompt's greedy completion in the enumeration: `(N,)` long.
+
+    The greedy (argmax) completion takes, at every step, the most probable next token
+    given the prefix chosen so far, up to EOS or the last position. It is found from
+    the enumeration by walking it: at step t, among the completions that share the
+    greedy prefix and have a token at t, keep those whose token at t has the largest
+    log π_θ(y_t | x, y_<t) (exact ties: the first in enumeration order). The
+    enumeration must cover every continuation of the prefixes it visits (ValueError
+    if the walk does not end at exactly one completion). ReMax's baseline is the
+    reward of this completion (`method_update_moments` puts it in
+    `batch.greedy_rewards`).
+    """
+    if not isinstance(problem, ExactProblem):
+        raise ValueError(
+            f"problem must be an ExactProblem, got {type(problem).__name__}"
+        )
+    _check_policy(policy, "policy")
+    with torch.no_grad():
+        old = problem.token_log_probs(policy)
+    return _greedy_index(problem, old)
+
+
+def _greedy_index(problem: ExactProblem, old: torch.Tensor) -> torch.Tensor:
+    device = old.device
+    comps = problem.completions.to(device)  # (K, L)
+    on = problem.mask.to(device) != 0  # (K, L)
+    N, K, L = old.shape
+    alive = torch.ones(N, K, dtype=torch.bool, device=device)
+    for t in range(L):
+        active = alive & on[:, t].unsqueeze(0)  # (N, K)
+        going = active.any(1)  # prompts whose greedy prefix has not ended
+        if not bool(going.any()):
+            break
+        score = old[:, :, t].masked_fill(~active, float("-inf"))
+        best = score.argmax(1)  # first maximiser
+        token = comps[best, t]  # (N,)
+        keep = active & (comps[:, t].unsqueeze(0) == token.unsqueeze(1))
+        alive = torch.where(going.unsqueeze(1), keep, alive)
+    count = alive.sum(1)
+    if bool((count != 1).any()):
+        raise ValueError(
+            "the greedy walk does not end at one completion for every prompt "
+            f"({count.tolist()} candidates): the enumeration must hold every "
+            "continuation of the greedy prefix"
+        )
+    return alive.to(torch.long).argmax(1)
+
+
+def _sum_pi_squared(problem: ExactProblem, policy: torch.nn.Module, dtype):
+    """Σ_v π_θ(v | x, y_<t)² for every pair and position: `(N, K, L)`, 0 where
+    masked."""
+    device = _check_policy(policy, "policy")
+    prompts, completions = problem._pairs()
+    with torch.no_grad():
+        logits = policy(prompts.to(device), completions.to(device))
+        sq = torch.softmax(logits, dim=-1).square().sum(-1)
+    N, K, L = problem.num_prompts, problem.num_completions, problem.completions.shape[1]
+    return (sq.reshape(N, K, L) * problem.mask.to(device)).to(dtype)
+
+
 # -- the loss coefficients of every group ------------------------------------------
-def _rows(problem, x_idx, comp_idx, old, ref, device, dtype) -> tuple:
+def _rows(
+    problem, x_idx, comp_idx, old, ref, device, dtype, greedy=None, spsq=None
+) -> tuple:
     """The fields of the batch of rows (prompt `x_idx[r]`, completion `comp_idx[r]`):
-    prompts, completions, mask, old and reference log-probs, rewards."""
+    prompts, completions, mask, old and reference log-probs, rewards, the reward
+    components (one column: the reward), and where given the greedy completion's
+    reward `greedy (N,)` and Σπ² `spsq (N, K, L)`."""
     prompts = problem.prompts.to(device)
     prompts = prompts.reshape(prompts.shape[0], -1)[x_idx]
     mask = problem.mask.to(device=device, dtype=dtype)[comp_idx]
+    rewards = problem.rewards.to(device=device, dtype=dtype)[x_idx, comp_idx]
     return (
         prompts,
         problem.completions.to(device)[comp_idx],
         mask,
         old[x_idx, comp_idx],
         ref[x_idx, comp_idx],
-        problem.rewards.to(device=device, dtype=dtype)[x_idx, comp_idx],
+        rewards,
+        rewards.unsqueeze(1),
+        None if greedy is None else greedy[x_idx],
+        None if spsq is None else spsq[x_idx, comp_idx],
     )
 
 
-def _batch(parts, G: int) -> RolloutBatch:
-    prompts, completions, mask, old, ref, rewards = parts
+def _take(parts, rows: torch.Tensor) -> list:
+    return [None if p is None else p[rows] for p in parts]
+
+
+def _batch(parts, G: int, *, check: bool = True) -> RolloutBatch:
+    """The batch of rows `parts`. `check=False` skips `RolloutBatch`'s validation, for
+    the slices of one already validated batch (the per-group path runs thousands)."""
+    prompts, completions, mask, old, ref, rewards, comps, greedy, spsq = parts
     B = completions.shape[0]
     device = completions.device
-    return RolloutBatch(
+    make = RolloutBatch if check else _unchecked_batch
+    return make(
         prompts=prompts,
         completions=completions,
         mask=mask,
@@ -129,7 +208,17 @@ def _batch(parts, G: int) -> RolloutBatch:
         rewards=rewards,
         group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
         truncated=torch.zeros(B, dtype=torch.bool, device=device),
+        reward_components=comps,
+        greedy_rewards=greedy,
+        sum_pi_squared=spsq,
     )
+
+
+def _unchecked_batch(**fields) -> RolloutBatch:
+    batch = object.__new__(RolloutBatch)
+    for name in RolloutBatch.__dataclass_fields__:
+        object.__setattr__(batch, name, fields.get(name))
+    return batch
 
 
 def _coefficients(method, batch: RolloutBatch) -> torch.Tensor:
@@ -168,7 +257,7 @@ def _all_coefficients(method, parts, n_groups: int, G: int):
     alone = []
     for g in probe.tolist():
         rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
-        alone.append(_coefficients(method, _batch([p[rows] for p in parts], G)))
+        alone.append(_coefficients(method, _batch(_take(parts, rows), G)))
     alone = torch.stack(alone)  # (n_probe, G, L)
     try:
         c_big = _coefficients(method, big).reshape(n_groups, G, L)
@@ -186,7 +275,7 @@ def _all_coefficients(method, parts, n_groups: int, G: int):
     out = torch.empty(n_groups, G, L, dtype=big.mask.dtype, device=big.mask.device)
     for g in range(n_groups):
         rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
-        out[g] = _coefficients(method, _batch([p[rows] for p in parts], G))
+        out[g] = _coefficients(method, _batch(_take(parts, rows), G, check=False))
     return out, "per group (the method's batch is not separable by groups)"
 
 
@@ -206,8 +295,12 @@ def method_update_moments(
     `group_size` (default the method's own `G`). Each prompt `x ∼ ρ` gets `G`
     completions i.i.d. from `p_θ(· | x)`; the group is the method's whole batch (old
     log-probs = the policy's, so every ratio is 1; reference log-probs from
-    `reference`, default the policy, so a KL-to-reference term has zero gradient). The
-    per-group update
+    `reference`, default the policy, so a KL-to-reference term has zero gradient;
+    `reward_components` the reward's one column; for a method with `greedy_baseline`,
+    `greedy_rewards` the reward of the prompt's greedy completion
+    (`greedy_completions`), which depends on the prompt only; for one with
+    `needs_sum_pi_squared`, `sum_pi_squared` from the policy's distribution at every
+    position). The per-group update
 
         u = −∇_θ loss(group) = Σ_{i,t} c_{i,t} ∇_θ log π_θ(y_{i,t} | s_{i,t}),
         c_{i,t} = −∂ loss / ∂ log π_{i,t}
@@ -289,7 +382,13 @@ def method_update_moments(
     # rows: prompt-major, then group, then member
     x_idx = torch.arange(N, device=device).repeat_interleave(n_g * G)
     comp_idx = idx.reshape(-1).repeat(N)
-    parts = _rows(problem, x_idx, comp_idx, old, ref, device, dtype)
+    greedy = spsq = None
+    if getattr(method, "greedy_baseline", False):
+        R = problem.rewards.to(device=device, dtype=dtype)
+        greedy = R[torch.arange(N, device=device), _greedy_index(problem, old)]
+    if getattr(method, "needs_sum_pi_squared", False):
+        spsq = _sum_pi_squared(problem, policy, dtype)
+    parts = _rows(problem, x_idx, comp_idx, old, ref, device, dtype, greedy, spsq)
     try:
         c, path = _all_coefficients(method, parts, N * n_g, G)
     except ValueError as err:
@@ -429,7 +528,8 @@ def _group_norm_constant(method, problem: ExactProblem, G: int) -> float | None:
 
     agg = method.extra.get("aggregation", "seq-mean-token-sum")
     lengths = problem.mask.sum(-1)
-    if agg in ("seq-mean-token-sum", "token-sum"):
+    # the constant normaliser (Dr.GRPO's) does not read the lengths either
+    if agg in ("seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm"):
         L = 1
     elif bool((lengths == lengths[0]).all()):
         L = int(lengths[0])
@@ -449,8 +549,14 @@ def _implied(method, problem: ExactProblem, policy, G: int):
     lengths = problem.mask.sum(-1)
     equal = bool((lengths == lengths[0]).all())
     binary = bool(((problem.rewards == 0) | (problem.rewards == 1)).all())
-    if name == "reinforce" or (name in ("reinforce_baseline", "rloo") and G >= 2):
+    if name in ("reinforce", "remax") or (
+        name in ("reinforce_baseline", "rloo") and G >= 2
+    ):
+        # no baseline, or one that does not depend on the sample
         return "J", problem.objective(policy)
+    if adv_name == "opo_method_advantages" and equal and G >= 2:
+        # equal lengths: the length-weighted mean is the group mean
+        return f"{(G - 1) / G:.4g} J", (G - 1) / G * problem.objective(policy)
     if name in ("ppo_clip", "ppo_kl") and G >= 2:
         if not equal:
             return "— (token-mean weighs by length)", None
@@ -475,6 +581,16 @@ def _implied(method, problem: ExactProblem, policy, G: int):
             eps=extra.get("adv_eps", 1e-6),
         )
         return f"{const:.4g} Σ ρ Φ_G(p)", const * (rho * phi).sum()
+    if adv_name == "passk_method_advantages":
+        if not binary:
+            return "— (pass@k advantage, non-0/1 rewards)", None
+        # only a group with exactly one success trains, its success by
+        # a = 1 / (std of one 1 among G zeros-and-one + ε): E[u] = (a/G) ∇ pass@G
+        one = torch.zeros(G, dtype=torch.float64)
+        one[0] = 1.0
+        a = 1.0 / (float(one.std()) + 1e-6)
+        obj = (a / G) * passk_objective(problem, policy, G)
+        return f"{a / G:.4g} pass@{G}", obj
     k = method.extra.get("pass_k")
     if k is not None and binary:
         return f"pass@{k}", passk_objective(problem, policy, k)
@@ -489,8 +605,11 @@ def implied_objective(
 
     Known (on-policy step, reference = policy, the lab's conventions):
 
-    * `reinforce`; `reinforce_baseline` and `rloo` with `G >= 2` (a leave-one-out
+    * `reinforce`, `remax` (the greedy completion's reward does not depend on the
+      sample); `reinforce_baseline` and `rloo` with `G >= 2` (a leave-one-out
       baseline within the group): J itself;
+    * `opo` with equal lengths (its length-weighted mean is then the group mean):
+      (G−1)/G · J;
     * `ppo_clip`, `ppo_kl` with `G >= 2`: J / L when every completion has `L` tokens
       (token-mean aggregation; their penalty has zero gradient at ratio 1); None
       with unequal lengths;
@@ -498,12 +617,17 @@ def implied_objective(
       group mean includes the sample); with the std and 0/1 rewards,
       c Σ_x ρ(x) Φ_G(p_x) with Φ_G = `policygrad.exact.group.binary_objective`
       (2 arcsin √p as G grows); c = 1/L for the mean aggregations with equal lengths
-      L, 1 for `"seq-mean-token-sum"`; None when `1/|o_i|` meets unequal lengths;
+      L, 1 for `"seq-mean-token-sum"` and 1/T for Dr.GRPO's constant normaliser
+      (`"seq-mean-token-sum-norm"`, T the padded width, whatever the lengths); None
+      when `1/|o_i|` meets unequal lengths;
+    * `grpo_passk` (the best-of-group advantage) with 0/1 rewards: only a group with
+      exactly one success trains, by a = 1/(σ₁ + 10⁻⁶) with σ₁ = 1/√G the std of
+      one success among G, so E[u] = (a/G) ∇ pass@G (`passk_objective` with k = G);
     * a method with `extra["pass_k"] = k`: `passk_objective`.
 
     Checked against `method_update_moments` by autograd in `tests/test_lab.py` and in
     every `lab_table` row. Derived in chapter 7 ("What GRPO's update estimates,
-    exactly").
+    exactly") and chapter 8 ("When exploration matters: the pass@k objective").
     """
     from ..methods.base import get_method
 
@@ -538,7 +662,14 @@ def lab_table(
     autograd of that objective equals the lab's expected update to `tol`, None
     without an objective) and `skipped` (None, or why the lab cannot evaluate the
     method: a critic, or a batch the method refuses). A skipped row has None in the
-    numeric fields.
+    numeric fields. Two more keys: `rel_variance` = `variance / (scale² ‖∇J‖²)`, the
+    variance once the update's step size is matched to ∇J (the noise-to-signal ratio
+    at equal samples; None when the scale is 0), and `batch_coupled`, True when the
+    method's advantages or loss read a statistic of the whole batch (a batch
+    standard deviation, whitening, a count), detected by the lab itself (its batched
+    path disagreed with running a group alone): the lab's batch is one group, so for
+    these the row is the update of a batch of one group, not of a training batch of
+    many prompts.
     """
     from ..methods.base import METHODS, get_method
 
@@ -560,6 +691,8 @@ def lab_table(
             "objective": "—",
             "confirmed": None,
             "skipped": None,
+            "rel_variance": None,
+            "batch_coupled": None,
         }
         if method.needs_critic:
             row["skipped"] = "needs a critic (a learned value model)"
@@ -576,7 +709,11 @@ def lab_table(
             {k: cmp[k] for k in ("scale", "cosine", "rel_bias", "rel_error")},
             classification=cmp["classification"],
             variance=mom["variance_equal_samples"],
+            batch_coupled=mom["path"].startswith("per group"),
         )
+        signal = cmp["scale"] ** 2 * float(grad_J.double() @ grad_J.double())
+        if signal > 0:
+            row["rel_variance"] = mom["variance_equal_samples"] / signal
         name, obj = _implied(method, problem, policy, G)
         row["objective"] = name
         if obj is not None:
@@ -589,25 +726,27 @@ def lab_table(
 
 def bias_variance_plot(ax, rows: list[dict], *, colors=None) -> None:
     """Place each evaluated `lab_table` row on the bias–variance plane: x = relative
-    bias ‖u − scale·∇J‖ / ‖∇J‖ (what no step size removes), y = the variance at equal
-    samples (log scale), one labelled marker per method. Skipped rows are left out.
+    bias ‖u − scale·∇J‖ / ‖∇J‖ (what no step size removes), y = `rel_variance`, the
+    variance at equal samples relative to the method's own signal scale² ‖∇J‖² (log
+    scale), one labelled marker per method; rows marked `batch_coupled` get a † after
+    the name. Skipped rows and rows without a relative variance are left out.
     `colors` defaults to the axes' colour cycle (`policygrad.plotting.COLORS` once
     `policygrad.plotting.set_style` has run); pass `policygrad.plotting.COLORS` to
     be explicit.
     """
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.get("skipped") is None and r.get("variance")]
+    shown = [r for r in rows if r.get("skipped") is None and r.get("rel_variance")]
     if not shown:
         raise ValueError("no evaluated row with a positive variance to plot")
     if colors is None:
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(shown):
         color = colors[i % len(colors)]
-        ax.scatter([r["rel_bias"]], [r["variance"]], color=color, zorder=3)
+        ax.scatter([r["rel_bias"]], [r["rel_variance"]], color=color, zorder=3)
         ax.annotate(
-            f"{r['method']} (G={r['G']})",
-            (r["rel_bias"], r["variance"]),
+            r["method"] + (" †" if r.get("batch_coupled") else ""),
+            (r["rel_bias"], r["rel_variance"]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize="small",
@@ -615,4 +754,38 @@ def bias_variance_plot(ax, rows: list[dict], *, colors=None) -> None:
         )
     ax.set_yscale("log")
     ax.set_xlabel("relative bias |E[u] − c ∇J| / |∇J|")
-    ax.set_ylabel("variance at equal samples, G tr Cov[u]")
+    ax.set_ylabel("G tr Cov[u] / (c |∇J|)²")
+
+
+def format_lab_table(rows: list[dict]) -> str:
+    """`lab_table` rows as a text table of at most 80 characters a line.
+
+    Columns: method († when `batch_coupled`), classification, scale c, cosine,
+    relative bias, `rel_variance` and the implied objective (✓ when autograd
+    confirmed it; "—" when none is known). A skipped row says why, shortened.
+    """
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError("rows must be the list of dicts that lab_table returns")
+    lines = [
+        f"{'method':24s}{'class':9s}{'scale':>6s}{'cosine':>7s}{'bias':>8s}"
+        f"{'v_rel':>6s}  objective"
+    ]
+    for r in rows:
+        try:
+            name = r["method"] + (" †" if r.get("batch_coupled") else "")
+            if r.get("skipped") is not None:
+                lines.append(f"{name:24s}skipped: {r['skipped']}"[:80])
+                continue
+            obj = r["objective"] if not r["objective"].startswith("—") else "—"
+            if r["confirmed"]:
+                obj += " ✓"
+            v = r["rel_variance"]
+            lines.append(
+                f"{name:24s}{r['classification']:9s}{r['scale']:6.3f}"
+                f"{r['cosine']:7.4f}{r['rel_bias']:8.1e}"
+                + (f"{v:6.3g}" if v is not None else f"{'—':>6s}")
+                + f"  {obj}"
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a lab_table row: {r!r}") from err
+    return "\n".join(line[:80] for line in lines)

@@ -10,6 +10,10 @@ Three tasks:
     reverse      "abdcca="      "accdba"  6                      8  7
     prefix       "cabzazb="     "cab"     1-6, uniform           9  8
 
+One variant (`TASK_VARIANTS`, also built by `make_task`): `addition_format`
+(`FormatAdditionTask`), the addition problems with two reward components, correctness
+and format, for GDPO.
+
 `P` is `Task.prompt_length` (BOS + prompt characters; every prompt of a task has the
 same length, so prompts batch without padding) and `T` is `Task.max_new_tokens` (room
 for the longest answer and its EOS; `prefix` leaves one more so a policy can copy the
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,9 +67,11 @@ __all__ = [
     "Problem",
     "Task",
     "AdditionTask",
+    "FormatAdditionTask",
     "ReversalTask",
     "PrefixCopyTask",
     "TASKS",
+    "TASK_VARIANTS",
     "make_task",
     "is_heldout",
     "evaluate",
@@ -383,6 +390,9 @@ class Task:
     """
 
     name: str = ""
+    #: The names of the reward's components (`reward_components` columns); one name
+    #: for a task whose reward is a single exact match.
+    reward_names: tuple[str, ...] = ("correct",)
     prompt_chars: str = ""
     alphabet: str = ""
     answer_chars: str = ""
@@ -611,6 +621,24 @@ class Task:
         masked-in tokens (all tokens when `mask` is None), so the result equals the
         per-item reward of those tokens.
         """
+        problems, rows = self._rows(problems, completions, mask)
+        out, reasons = [], []
+        for p, r in zip(problems, rows, strict=True):
+            text, reason = self._parse(r)
+            value, reason = (0.0, reason) if text is None else self._score(p, text)
+            out.append(value)
+            reasons.append(reason)
+        return torch.tensor(
+            out, dtype=torch.get_default_dtype(), device=completions.device
+        ), reasons
+
+    def _rows(
+        self,
+        problems: Sequence[Problem],
+        completions: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[list[Problem], list[list[int]]]:
+        """Checked problems and each row's masked-in token ids (all without a mask)."""
         problems = self._check_problems(problems)
         check_tensor(completions, "completions", 2)
         if completions.is_floating_point() or completions.is_complex():
@@ -639,15 +667,7 @@ class Task:
                 [t for t, k in zip(r, kr, strict=True) if k]
                 for r, kr in zip(rows, keep, strict=True)
             ]
-        out, reasons = [], []
-        for p, r in zip(problems, rows, strict=True):
-            text, reason = self._parse(r)
-            value, reason = (0.0, reason) if text is None else self._score(p, text)
-            out.append(value)
-            reasons.append(reason)
-        return torch.tensor(
-            out, dtype=torch.get_default_dtype(), device=completions.device
-        ), reasons
+        return problems, rows
 
     def rewards(
         self,
@@ -660,6 +680,22 @@ class Task:
         See `rewards_with_reasons` for the arguments.
         """
         return self.rewards_with_reasons(problems, completions, mask)[0]
+
+    def reward_components(
+        self,
+        problems: Sequence[Problem],
+        completions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The reward's components `(B, K)`, one column per name of `reward_names`.
+
+        For a single-reward task (K = 1) the column is `rewards(...)` itself; a task
+        with several components (e.g. `FormatAdditionTask`: correctness and format)
+        returns each, unweighted, in the default float dtype on the device of
+        `completions`. Arguments as for `rewards_with_reasons`. GDPO normalises each
+        column separately (`policygrad.reward_side.gdpo_advantages`).
+        """
+        return self.rewards(problems, completions, mask).unsqueeze(1)
 
     def _check_problems(self, problems) -> list[Problem]:
         if isinstance(problems, Problem):
@@ -723,6 +759,77 @@ class AdditionTask(Task):
         if int(text) == int(problem.answer):
             return 0.0, "wrong format"
         return 0.0, "wrong answer"
+
+
+class FormatAdditionTask(AdditionTask):
+    """Two-digit addition with two reward components: correctness and format.
+
+    The problems, prompts, tokenizer and held-out split are `AdditionTask`'s (answers
+    without leading zeros). Each completion gets
+
+    * `correct` ∈ {0, 1}: the exact match of `AdditionTask`;
+    * `format` ∈ {0, 1}: 1 when the completion, read up to its first EOS, is a number
+      (digits only) with exactly as many digits as the answer, then EOS — the right
+      shape whatever its value (`"43"` for `"42"` has format 1, `"042"` and `"4"` have
+      0; no EOS, an empty answer or a non-digit give 0);
+
+    and the reward R = correct + `format_weight` · format (default 0.2, so the two
+    components have different scales and a correct completion scores 1.2).
+    `reward_names = ("correct", "format")`; `reward_components` returns both columns
+    (GDPO normalises each within its group: chapter 8, "Several rewards: normalise,
+    then sum (GDPO)"). `reward_with_reason` gives the combined reward and
+    `AdditionTask`'s reason; `evaluate`'s accuracy counts exact matches (reason
+    `"ok"`).
+    """
+
+    reward_names = ("correct", "format")
+
+    def __init__(
+        self,
+        *,
+        format_weight: float = 0.2,
+        tokenizer: CharTokenizer | None = None,
+    ) -> None:
+        if (
+            isinstance(format_weight, bool)
+            or not isinstance(format_weight, (int, float))
+            or not math.isfinite(format_weight)
+        ):
+            raise ValueError(
+                f"format_weight must be a finite number, got {format_weight!r}"
+            )
+        self.format_weight = float(format_weight)
+        super().__init__(tokenizer=tokenizer)
+        self.name = "addition_format"
+
+    def _format(self, problem: Problem, text: str | None) -> float:
+        ok = (
+            text is not None
+            and len(text) == len(problem.answer)
+            and all(c in "0123456789" for c in text)
+        )
+        return 1.0 if ok else 0.0
+
+    def _score(self, problem: Problem, text: str) -> tuple[float, str]:
+        correct, reason = super()._score(problem, text)
+        return correct + self.format_weight * self._format(problem, text), reason
+
+    def reward_components(
+        self,
+        problems: Sequence[Problem],
+        completions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(B, 2)`: the `correct` and `format` components (see the class docstring)."""
+        problems, rows = self._rows(problems, completions, mask)
+        out = []
+        for p, r in zip(problems, rows, strict=True):
+            text, _ = self._parse(r)
+            correct = 0.0 if text is None else AdditionTask._score(self, p, text)[0]
+            out.append([correct, self._format(p, text)])
+        return torch.tensor(
+            out, dtype=torch.get_default_dtype(), device=completions.device
+        )
 
 
 class _StringTask(Task):
@@ -797,12 +904,21 @@ class PrefixCopyTask(_StringTask):
 #: The tasks by name.
 TASKS = {"addition": AdditionTask, "reverse": ReversalTask, "prefix": PrefixCopyTask}
 
+#: Variants of those tasks (same problems, another reward), by name; `make_task`
+#: knows them too. They have no warm start of their own: `addition_format` uses
+#: `addition`'s.
+TASK_VARIANTS = {"addition_format": FormatAdditionTask}
+
 
 def make_task(name: str, **kwargs) -> Task:
-    """A task by name (a key of `TASKS`); keyword arguments go to its constructor."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name](**kwargs)
+    """A task by name (a key of `TASKS` or `TASK_VARIANTS`).
+
+    Keyword arguments go to its constructor.
+    """
+    known = {**TASKS, **TASK_VARIANTS}
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(known)}")
+    return known[name](**kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -827,13 +943,17 @@ def evaluate(
     completions per problem are drawn at `temperature`. The policy is put in eval mode
     and restored. Returns a dict:
 
-    * `accuracy`: fraction of completions with reward 1; `mean_reward`: mean reward;
+    * `accuracy`: fraction of completions with reward 1 (for a task with several
+      reward components, `FormatAdditionTask`: of exact matches); `mean_reward`: mean
+      reward;
     * `pass_at_k`: fraction of problems with at least one of their `k = samples`
       completions correct;
     * `mean_length`: mean completion length in tokens, EOS included; `frac_truncated`:
       fraction that never emitted EOS;
     * `num_completions` and `reasons`: the fraction of completions for each reason (see
-      `REASONS`).
+      `REASONS`);
+    * `components`: the mean of each reward component, by name (`task.reward_names`;
+      a single-reward task: its mean reward).
     """
     if not callable(getattr(policy, "sample", None)):
         raise ValueError(
@@ -873,7 +993,8 @@ def evaluate(
     was_training = getattr(policy, "training", None)
     if isinstance(policy, torch.nn.Module):
         policy.eval()
-    rewards, reasons, lengths, truncated = [], [], [], []
+    rewards, reasons, lengths, truncated, parts = [], [], [], [], []
+    several = len(task.reward_names) > 1
     try:
         with torch.no_grad():
             for start in range(0, len(reps), batch_size):
@@ -893,6 +1014,16 @@ def evaluate(
                 r, why = task.rewards_with_reasons(
                     reps[start : start + chunk.shape[0]], s.completions, s.mask
                 )
+                if several:
+                    parts.append(
+                        task.reward_components(
+                            reps[start : start + chunk.shape[0]],
+                            s.completions,
+                            s.mask,
+                        )
+                        .double()
+                        .cpu()
+                    )
                 rewards.append(r.cpu())
                 reasons += why
                 lengths.append(s.lengths.detach().cpu().to(torch.float64))
@@ -901,7 +1032,10 @@ def evaluate(
         if isinstance(policy, torch.nn.Module) and was_training:
             policy.train()
     R = torch.cat(rewards).to(torch.float64)
-    correct = R == 1.0
+    if len(task.reward_names) == 1:
+        correct = R == 1.0
+    else:  # a reward with several components: exact match is reason "ok"
+        correct = torch.tensor([w == "ok" for w in reasons])
     counts = Counter(reasons)
     return {
         "accuracy": correct.double().mean().item(),
@@ -915,6 +1049,17 @@ def evaluate(
         "frac_truncated": torch.cat(truncated).mean().item(),
         "num_completions": len(reps),
         "reasons": {k: counts[k] / len(reps) for k in sorted(counts)},
+        "components": (
+            dict(
+                zip(
+                    task.reward_names,
+                    torch.cat(parts).mean(0).tolist(),
+                    strict=True,
+                )
+            )
+            if several
+            else {task.reward_names[0]: R.mean().item()}
+        ),
     }
 
 

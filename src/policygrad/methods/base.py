@@ -64,6 +64,17 @@ class Method:
     ad-hoc methods (every registered one has both; see `policygrad.methods.to_trl`);
     section: the label of the book section that derives it.
 
+    Two flags ask the training loop for more than the sampled batch (both False by
+    default; `policygrad.train.train` reads them):
+
+    * `greedy_baseline`: besides the sampled completions, generate one greedy (argmax)
+      completion per prompt, score it with the task's reward and put that reward,
+      repeated over the prompt's G rows, in `batch.greedy_rewards` (ReMax's baseline;
+      the extra generations are counted in the `greedy_samples` metric);
+    * `needs_sum_pi_squared`: put Σ_v π_θ_old(v | s_t)² of every position, from the
+      training forward's logits (detached), in `batch.sum_pi_squared` (verl's optimal
+      token baseline reads it).
+
     Methods with a critic (a learned value model) also give value_targets (the batch ->
     the critic's regression targets `(B, T)`) and value_loss
     (`(values (B, T) with gradient, batch, targets)` -> the critic's loss);
@@ -92,6 +103,8 @@ class Method:
         Callable[[torch.Tensor, RolloutBatch, torch.Tensor], torch.Tensor] | None
     ) = None
     extra: dict = field(default_factory=dict)
+    greedy_baseline: bool = False
+    needs_sum_pi_squared: bool = False
 
     @property
     def needs_critic(self) -> bool:
@@ -107,6 +120,11 @@ class Method:
             raise ValueError("advantages and loss must be callables")
         for attr in ("group_size", "inner_epochs", "minibatches"):
             check_positive_int(getattr(self, attr), attr)
+        for attr in ("greedy_baseline", "needs_sum_pi_squared"):
+            if not isinstance(getattr(self, attr), bool):
+                raise ValueError(
+                    f"{attr} must be True or False, got {getattr(self, attr)!r}"
+                )
         bad = [s for s in self.changes if s not in SIDES]
         if bad or len(set(self.changes)) != len(self.changes):
             raise ValueError(

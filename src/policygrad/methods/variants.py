@@ -1,13 +1,18 @@
-"""The reward-side variants after GRPO as registered methods (chapter 8, planned).
+"""The reward-side variants after GRPO as registered methods.
+
+Derived in chapter 8 ("After GRPO: the reward-side variants").
 
 Each pairs one advantage of `policygrad.reward_side.variants` with the plain REINFORCE
 loss `reinforce_loss` (−(1/B) Σ_{i,t} m A log π, one update per batch), so it changes
 only the reward side, what multiplies the score. Dr.GRPO is the exception: its
 constant normaliser is an aggregation choice, so it is GRPO's loss (PPO clip, no KL)
-with `seq-mean-token-sum-norm`. Not registered: ReMax (it needs a greedy completion per
-prompt, which `policygrad.train.train` does not generate) and GDPO (it needs several
-reward components per completion, which `RolloutBatch` does not carry); their
-advantages are `remax_advantages` and `gdpo_advantages`.
+with `seq-mean-token-sum-norm`. Three read more than the rewards, and ask
+`policygrad.train.train` for it through their `Method` flags: ReMax
+(`greedy_baseline`: the reward of one greedy completion per prompt, in
+`batch.greedy_rewards`), GDPO (several reward components per completion, in
+`batch.reward_components`, filled for a task with several `reward_names` such as
+`policygrad.lm.FormatAdditionTask`) and the optimal token baseline
+(`needs_sum_pi_squared`: Σπ² of every position, in `batch.sum_pi_squared`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import torch
 from ..reward_side.returns import broadcast_to_tokens
 from ..reward_side.variants import (
     batch_std_advantages,
+    gdpo_advantages,
     gpg_advantages,
     opo_advantages,
+    optimal_token_baseline_advantages,
     passk_advantages,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
+    remax_advantages,
     rloo_advantages,
 )
 from ..rollout import RolloutBatch
@@ -40,6 +48,10 @@ __all__ = [
     "opo_method_advantages",
     "gpg_method_advantages",
     "passk_method_advantages",
+    "remax_method_advantages",
+    "gdpo_method_advantages",
+    "optimal_token_baseline_method_advantages",
+    "GDPO_EPS",
     "VARIANT_GROUP_SIZE",
 ]
 
@@ -97,6 +109,62 @@ def passk_method_advantages(batch: RolloutBatch) -> torch.Tensor:
     return broadcast_to_tokens(A, batch.loss_mask)
 
 
+def remax_method_advantages(batch: RolloutBatch) -> torch.Tensor:
+    """`remax_advantages`: R_i − R(greedy completion of x_i), on every trained token.
+
+    Reads `batch.greedy_rewards` (ValueError if absent: the method's
+    `greedy_baseline` flag asks `policygrad.train.train` to fill it). `(B, T)`.
+    """
+    if batch.greedy_rewards is None:
+        raise ValueError(
+            "remax needs batch.greedy_rewards (the reward of each prompt's greedy "
+            "completion); train() fills it for a method with greedy_baseline=True"
+        )
+    R = batch.sequence_rewards
+    A = remax_advantages(R, batch.greedy_rewards.to(R.dtype))
+    return broadcast_to_tokens(A, batch.loss_mask)
+
+
+#: The epsilons of the registered `gdpo` (TRL's `normalize_then_sum`, both 1e-4).
+GDPO_EPS = 1e-4
+
+
+def gdpo_method_advantages(batch: RolloutBatch) -> torch.Tensor:
+    """`gdpo_advantages` over `batch.reward_components` (weights 1, ε = ε_batch =
+    1e-4, sequence level, TRL's `normalize_then_sum`) on every trained token.
+
+    Without components (a single-reward task) the one column is the return:
+    group-normalised, then normalised over the batch. `(B, T)`.
+    """
+    comps = batch.reward_components
+    if comps is None:
+        comps = batch.sequence_rewards.unsqueeze(1)
+    A = gdpo_advantages(comps, batch.group_size, eps=GDPO_EPS, batch_eps=GDPO_EPS)
+    return broadcast_to_tokens(A, batch.loss_mask)
+
+
+def optimal_token_baseline_method_advantages(batch: RolloutBatch) -> torch.Tensor:
+    """`optimal_token_baseline_advantages` on the loss mask (zero tail on, ε = 1e-8).
+
+    Reads `batch.old_log_probs` and `batch.sum_pi_squared` (ValueError if absent: the
+    method's `needs_sum_pi_squared` flag asks `policygrad.train.train` to fill it).
+    `(B, T)`.
+    """
+    if batch.sum_pi_squared is None:
+        raise ValueError(
+            "optimal_token_baseline needs batch.sum_pi_squared (Σ_v π_old(v | s_t)² "
+            "per position); train() fills it for a method with "
+            "needs_sum_pi_squared=True"
+        )
+    return optimal_token_baseline_advantages(
+        batch.rewards,
+        batch.loss_mask,
+        batch.old_log_probs,
+        batch.sum_pi_squared,
+        batch.group_size,
+    )
+
+
 def _verl(estimator: str, group_size: int, pitfalls=(), **algo) -> Recipe:
     """The verl recipe of a reward-side variant: its estimator, the plain −A log π loss
     (`loss_mode=gpg`) summed over each sequence, no KL, one epoch."""
@@ -124,6 +192,24 @@ def _verl(estimator: str, group_size: int, pitfalls=(), **algo) -> Recipe:
         pitfalls,
         (_VERL_RECIPES, _P + "test_reward_variants_parity.py::test_" + estimator),
     )
+
+
+def _trl_luspo(**reward_side) -> dict:
+    """GRPOTrainer settings of a reward-side variant: its reward-side settings, then
+    `loss_type="luspo"` (each sequence's token sum, averaged over sequences: the
+    package's `reinforce_loss`), no KL and one optimiser step per generation."""
+    return {
+        "num_generations": G,
+        "loss_type": "luspo",
+        **reward_side,
+        "beta": 0.0,
+        "num_iterations": 1,
+        "steps_per_generation": 1,
+        "gradient_accumulation_steps": 1,
+        "importance_sampling_level": "token",
+        "temperature": 1.0,
+        "mask_truncated_completions": False,
+    }
 
 
 _WHITEN_DIFF = (
@@ -189,7 +275,7 @@ register(
             G,
             ("rloo keeps the raw reward of a group of one; rloo_vectorized gives 0",),
         ),
-        section="",
+        section="sec-variants-rloo",
     )
 )
 
@@ -213,7 +299,7 @@ register(
         unsolved="a group whose rewards are all equal still gives no gradient; the "
         "group mean includes the sample itself, so the update is (G-1)/G times "
         "RLOO's; the constant (here the padded width) sets the step size",
-        section="",
+        section="sec-variants-std",
     )
 )
 
@@ -235,18 +321,7 @@ register(
         trl=Recipe(
             "trl",
             "trl.GRPOTrainer",
-            {
-                "num_generations": G,
-                "loss_type": "luspo",
-                "scale_rewards": "batch",
-                "beta": 0.0,
-                "num_iterations": 1,
-                "steps_per_generation": 1,
-                "gradient_accumulation_steps": 1,
-                "importance_sampling_level": "token",
-                "temperature": 1.0,
-                "mask_truncated_completions": False,
-            },
+            _trl_luspo(scale_rewards="batch"),
             (_TRL_RATIO_ONE,),
             (
                 "loss_type='luspo' sums each sequence's tokens and averages over "
@@ -268,7 +343,7 @@ register(
             "algorithm.adv_estimator=reinforce_plus_plus_baseline (group mean, then "
             "whitened over the batch's tokens, which also re-centres)",
         ),
-        section="",
+        section="sec-variants-std",
     )
 )
 
@@ -296,7 +371,7 @@ register(
             _verl("reinforce_plus_plus", 1, gamma=1.0),
             differences=(_WHITEN_DIFF,),
         ),
-        section="",
+        section="sec-variants-whitening",
     )
 )
 
@@ -324,7 +399,7 @@ register(
         verl=dataclasses.replace(
             _verl("reinforce_plus_plus_baseline", G), differences=(_WHITEN_DIFF,)
         ),
-        section="",
+        section="sec-variants-whitening",
     )
 )
 
@@ -344,7 +419,7 @@ register(
         "baseline includes the sample itself; an all-equal group gives no gradient",
         trl=Unsupported("trl", _NO_TRL + _NO_TRL_END),
         verl=_verl("opo", G),
-        section="",
+        section="sec-variants-baselines",
     )
 )
 
@@ -365,7 +440,7 @@ register(
         "gradient",
         trl=Unsupported("trl", _NO_TRL + _NO_TRL_END),
         verl=_verl("gpg", G),
-        section="",
+        section="sec-variants-gpg",
     )
 )
 
@@ -385,6 +460,154 @@ register(
         "gradient; nothing pushes failures down",
         trl=Unsupported("trl", _NO_TRL + _NO_TRL_END),
         verl=_verl("grpo_passk", G, norm_adv_by_std_in_grpo=True),
-        section="",
+        section="sec-variants-passk",
+    )
+)
+
+register(
+    Method(
+        name="remax",
+        title="ReMax (the greedy completion's reward as baseline)",
+        advantages=remax_method_advantages,
+        loss=reinforce_loss,
+        group_size=1,
+        greedy_baseline=True,
+        changes=("reward",),
+        paper="li2024remax",
+        why="one sampled completion per prompt and the reward of the prompt's greedy "
+        "completion as its baseline: a per-prompt baseline that does not depend on "
+        "the sample, so the estimate stays unbiased, with no critic and no group",
+        unsolved="each prompt costs a second (greedy) generation that is never trained "
+        "on; the baseline is one completion's reward, so it is noisy, and it is a poor "
+        "one where the greedy completion is atypical of the samples; when the sample "
+        "equals the greedy completion (a sharp policy) the advantage is 0",
+        trl=Unsupported(
+            "trl",
+            "no TRL trainer decodes a greedy completion per prompt for a baseline "
+            "(GRPOTrainer: group mean and std; RLOOTrainer: leave-one-out)",
+            "trl.RLOOTrainer (the leave-one-out mean of G samples as the baseline)",
+        ),
+        verl=dataclasses.replace(
+            _verl(
+                "remax",
+                1,
+                (
+                    "with adv_estimator=remax verl's trainer decodes the greedy "
+                    "baseline itself, one per prompt, and puts its summed reward in "
+                    "batch['reward_baselines'] (verl/trainer/ppo/ray_trainer.py:"
+                    "1493-1535); rollout.n > 1 repeats it over the n samples",
+                ),
+            ),
+            parity=(
+                _VERL_RECIPES,
+                _P + "test_reward_variants_parity.py::test_remax",
+            ),
+        ),
+        section="sec-variants-baselines",
+    )
+)
+
+register(
+    Method(
+        name="gdpo",
+        title=f"GDPO (each reward component normalised in its group, G = {G})",
+        advantages=gdpo_method_advantages,
+        loss=reinforce_loss,
+        group_size=G,
+        changes=("reward",),
+        paper="liu2026gdpo",
+        why="with several reward components (correctness, format), GRPO on their sum "
+        "lets the component with the larger spread decide the advantage and maps "
+        "different combinations to the same number; normalising each component "
+        "within its group before the (weighted) sum gives each its own say, and a "
+        "last normalisation over the batch keeps the scale bounded",
+        unsolved="a group constant in every component gives no gradient; the batch "
+        "normalisation re-centres and rescales every advantage by the batch's "
+        "statistics (the mean includes the sample); the component weights replace "
+        "the reward's own scales, so those scales no longer matter",
+        trl=Recipe(
+            "trl",
+            "trl.GRPOTrainer",
+            _trl_luspo(multi_objective_aggregation="normalize_then_sum"),
+            (_TRL_RATIO_ONE,),
+            (
+                "pass one reward function per component, in the order of "
+                "task.reward_names (reward_funcs=[correct, format]); reward_weights "
+                "defaults to all 1, the method's weights",
+                "normalize_then_sum divides by nanstd + 1e-4 per component within "
+                "the group, then by the batch's nanstd + 1e-4 (grpo_trainer.py:"
+                "2790-2799); scale_rewards is not read there",
+                "the default multi_objective_aggregation='sum_then_normalize' is GRPO "
+                "on the weighted sum, not GDPO",
+                "loss_type='luspo' sums each sequence's tokens and averages over "
+                "sequences (the method's seq-mean-token-sum); TRL logs a warning "
+                "unless importance_sampling_level='sequence'",
+            ),
+            (
+                _TRL_VARIANTS + "test_to_trl_gdpo_builds_a_normalize_then_sum_trainer",
+                _TRL_VARIANTS + "test_gdpo_normalize_then_sum_matches_trl",
+            ),
+        ),
+        verl=Unsupported(
+            "verl",
+            "verl's gdpo whitens the weighted sum over the batch's tokens (each "
+            "completion weighted by its length, masked_whiten) after a per-component "
+            "GRPO with eps 1e-6, in float32 (core_algos.py:362-468); the method "
+            "normalises over sequences with eps 1e-4 (TRL's normalize_then_sum)",
+            "algorithm.adv_estimator=gdpo with algorithm.gdpo_reward_keys naming the "
+            "components (gdpo_advantages(..., mask=loss_mask), compared in "
+            "tests/parity/test_reward_variants_parity.py::test_gdpo)",
+        ),
+        section="sec-variants-gdpo",
+    )
+)
+
+_otb = _verl(
+    "optimal_token_baseline",
+    G,
+    (
+        "actor.calculate_sum_pi_squared defaults to false, and verl's trainer then "
+        "stops with an assertion (verl/trainer/ppo/ray_trainer.py:264-275)",
+    ),
+)
+
+register(
+    Method(
+        name="optimal_token_baseline",
+        title=f"Optimal token baseline (a baseline per step, group size {G})",
+        advantages=optimal_token_baseline_method_advantages,
+        loss=reinforce_loss,
+        group_size=G,
+        needs_sum_pi_squared=True,
+        changes=("reward",),
+        paper="li2026otb",
+        why="the variance-minimising baseline E[|grad log p|^2 R] / E[|grad log p|^2] "
+        "applied at every step: each token's baseline is the group's returns weighted "
+        "by the cumulative squared score norm of their prefix, approximated from the "
+        "forward pass alone by the logit-gradient norm 1 - 2 pi + sum pi^2",
+        unsolved="the proxy ignores every layer below the logits; the baseline "
+        "includes the sample's own return (not exactly unbiased); an all-equal group "
+        "gives no gradient; the zero-tail rule gives the longest completion's last "
+        "tokens their raw return",
+        trl=Unsupported(
+            "trl",
+            "no TRL trainer computes a per-token baseline (GRPOTrainer and "
+            "RLOOTrainer give one advantage per sequence) or reads sum pi^2",
+        ),
+        verl=dataclasses.replace(
+            _otb,
+            settings={**_otb.settings, _ACTOR + "calculate_sum_pi_squared": True},
+            differences=(
+                "verl computes in the batch's dtype (float32 in training); the "
+                "package in float64",
+                "verl keeps a group of one's return (no baseline); the package "
+                "refuses a group of one",
+            ),
+            parity=(
+                _VERL_RECIPES,
+                _P + "test_reward_variants_parity.py::test_optimal_token_baseline",
+            ),
+        ),
+        section="sec-variants-baselines",
     )
 )

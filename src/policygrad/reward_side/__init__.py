@@ -46,6 +46,7 @@ from .variants import (
     gdpo_advantages,
     gpg_advantages,
     opo_advantages,
+    optimal_token_baseline_advantages,
     overlong_penalty,
     pass_at_k,
     pass_at_k_weight,
@@ -102,4 +103,5 @@ __all__ = [
     "pass_at_k_weight",
     "gdpo_advantages",
     "overlong_penalty",
+    "optimal_token_baseline_advantages",
 ]

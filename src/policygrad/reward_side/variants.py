@@ -25,12 +25,15 @@ gets advantage exactly 0, never NaN.
 * `gdpo_advantages`: every reward component normalised within its group, weighted
   sum, then normalised over the batch (GDPO);
 * `overlong_penalty`: DAPO's soft penalty of completions in the last L_cache tokens
-  before L_max.
+  before L_max;
+* `optimal_token_baseline_advantages`: the per-step baseline Σ_i R_{i,t} W_{i,t} /
+  Σ_i W_{i,t} of the group, W the cumulative logit-gradient proxy 1 − 2π + Σπ² (verl's
+  optimal token baseline).
 
 The KL penalty in the reward is `policygrad.reward_side.kl_shaped_rewards`. Each
 function's docstring names the framework function it reproduces (TRL 1.16, verl 0.9)
 and how it differs; `tests/parity/test_reward_variants_parity.py` runs those. Chapter 8
-(planned) derives them.
+("After GRPO: the reward-side variants") derives them.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ __all__ = [
     "pass_at_k_weight",
     "gdpo_advantages",
     "overlong_penalty",
+    "optimal_token_baseline_advantages",
 ]
 
 
@@ -517,3 +521,108 @@ def overlong_penalty(
     out = torch.where(lens > max_len, torch.full_like(lens, -1.0), out) * factor
     dtype = lengths.dtype if lengths.is_floating_point() else torch.get_default_dtype()
     return out.to(dtype)
+
+
+def optimal_token_baseline_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    sum_pi_squared: torch.Tensor,
+    group_size: int,
+    *,
+    handle_zero_tail: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """The optimal token baseline (OTB; Li et al., 2026): a baseline per step, weighted
+    by each prefix's accumulated squared score norm.
+
+        w_{i,t} = 1 − 2 π_{i,t} + Σ_v π(v | s_{i,t})²
+        W_{i,t} = Σ_{j≤t} m_{i,j} w_{i,j}
+        b_t = Σ_{i∈g} m_{i,t} R_{i,t} W_{i,t} / (Σ_{i∈g} m_{i,t} W_{i,t} + ε)
+        A_{i,t} = m_{i,t} (R_{i,t} − b_t)
+
+    with R_{i,t} the reward-to-go, π_{i,t} = exp(`old_log_probs`) the probability of
+    the sampled token and m the mask.
+
+    Why. Chapter 2's variance-minimising constant baseline for a score ∇log p(y) is
+    E[‖∇log p‖² R] / E[‖∇log p‖²]. The token-t term of the estimator,
+    (R_t − b_t) ∇log π(y_t | s_t), is correlated with the score of the whole prefix
+    y_≤t, Σ_{j≤t} ∇log π(y_j | s_j); that score's squared norm is Σ_{j≤t} ‖∇log π_j‖²
+    plus cross terms whose expectation is 0 (each score has mean 0 given its prefix),
+    so the per-step baseline weighs each return by the cumulative W_t. Computing
+    ‖∇_θ log π‖² needs a backward pass per token; OTB's logit-gradient proxy takes the
+    norm with respect to the output layer's logits z instead: ∂ log π_y / ∂z =
+    e_y − π, and
+
+        ‖e_y − π‖² = (1 − π_y)² + Σ_{v≠y} π_v² = 1 − 2 π_y + Σ_v π_v²,
+
+    which needs only the forward pass's probabilities (`sum_pi_squared`). The baseline
+    includes the sample's own return (as the group mean does), so the estimate is not
+    exactly unbiased.
+
+    `rewards`: outcome rewards `(N,)` (R_{i,t} = R_i on every token of the mask, as
+    verl's reward on the last token summed back) or per-step rewards `(N, T)`
+    (R_{i,t} = Σ_{j≥t} m_{i,j} r_{i,j}); `mask (N, T)` the loss mask; `old_log_probs`
+    and `sum_pi_squared` `(N, T)` (anything on padding: it is selected away);
+    contiguous groups of `group_size` (G >= 2; verl lets a group of one keep its
+    return). `handle_zero_tail` (verl's default): where a group's longest row is
+    longer than every other (a unique maximum of the trained-token count), its
+    baseline is 0 from the second-longest count on, so the tail it alone reaches keeps
+    its return instead of getting R − R = 0. Vectorised over groups. verl's
+    `compute_optimal_token_baseline_advantage` (`verl/trainer/ppo/core_algos.py:872`,
+    without `rollout_is_weights`; ε = 1e-8), computed in float64. Returns `(N, T)` in
+    the dtype of `rewards`, 0 off the mask.
+    """
+    check_float(rewards, "rewards", (1, 2))
+    N = rewards.shape[0]
+    m = _seq_mask(mask, N)
+    T = m.shape[1]
+    if rewards.dim() == 2 and rewards.shape != m.shape:
+        raise ValueError(
+            f"per-step rewards must have the mask's shape {tuple(m.shape)}, "
+            f"got {tuple(rewards.shape)}"
+        )
+    check_finite(rewards, "rewards", mask=mask if rewards.dim() == 2 else None)
+    for x, name in (
+        (old_log_probs, "old_log_probs"),
+        (sum_pi_squared, "sum_pi_squared"),
+    ):
+        check_float(x, name, 2)
+        if x.shape != m.shape:
+            raise ValueError(
+                f"{name} must have the mask's shape {tuple(m.shape)}, "
+                f"got {tuple(x.shape)}"
+            )
+        check_finite(x, name, mask=mask)
+    G = _check_group_options(group_size, N, None, True, 0.0)
+    _check_flag(handle_zero_tail, "handle_zero_tail")
+    eps = _check_number(eps, "eps")
+    on = m != 0
+    m64 = m.to(torch.float64)
+    if rewards.dim() == 1:
+        returns = select(rewards.to(torch.float64).unsqueeze(1).expand(N, T), on)
+    else:
+        r = select(rewards.to(torch.float64), on)
+        returns = r.flip(-1).cumsum(-1).flip(-1) * m64
+    pi = select(old_log_probs.to(torch.float64), on).exp()
+    w = 1 - 2 * pi + select(sum_pi_squared.to(torch.float64), on)
+    W = (w * m64).cumsum(-1)
+    Rg, Wg, mg = (x.reshape(-1, G, T) for x in (returns, W, m64))
+    num = (Rg * Wg * mg).sum(1, keepdim=True)
+    den = (Wg * mg).sum(1, keepdim=True) + eps
+    base = (num / den).expand(-1, G, -1)  # (M, G, T)
+    if handle_zero_tail:
+        lengths = mg.sum(-1)  # (M, G)
+        top = lengths.topk(2, dim=1).values
+        longest, second = top[:, 0], top[:, 1]
+        unique = (lengths == longest.unsqueeze(1)).sum(1) == 1
+        row = lengths.argmax(1)  # the longest row (unique where it applies)
+        pos = torch.arange(T, device=m.device, dtype=torch.float64)
+        tail = (pos.unsqueeze(0) >= second.unsqueeze(1)) & (
+            unique & (longest > second)
+        ).unsqueeze(1)  # (M, T)
+        which = torch.nn.functional.one_hot(row, G).bool()  # (M, G)
+        zero = which.unsqueeze(-1) & tail.unsqueeze(1)
+        base = torch.where(zero, torch.zeros_like(base), base)
+    adv = (returns - base.reshape(N, T)) * m64
+    return select(adv, on).to(rewards.dtype)
