@@ -298,3 +298,89 @@ def test_lab_table_has_a_row_per_method_and_the_plot_places_them(equal_len):
     with pytest.raises(ValueError, match="no evaluated row"):
         lab.bias_variance_plot(ax, [by["ppo_rlhf"]])
     pg.plotting.close_all()
+
+
+# -- chapter 8: the implied objectives of the variants, the relative variance, the table
+
+
+@pytest.mark.parametrize("G", [3, 4])
+def test_passk_advantage_ascends_pass_at_G_exactly(equal_len, G):
+    """verl's best-of-group advantage with 0/1 rewards trains only groups with one
+    success, by a = 1/(σ₁ + 1e-6), σ₁ = 1/√G: E[u] = (a/G) ∇ pass@G."""
+    problem, policy = equal_len
+    mom = lab.method_update_moments(problem, policy, "grpo_passk", group_size=G)
+    a = 1.0 / (1.0 / math.sqrt(G) + 1e-6)
+    obj = (a / G) * lab.passk_objective(problem, policy, G)
+    assert torch.allclose(
+        lab.implied_objective("grpo_passk", problem, policy, group_size=G), obj
+    )
+    g = _grad(obj, policy)
+    assert float((g - mom["mean"]).norm() / g.norm()) < 1e-10
+    # and it is not the gradient of J, nor of pass@G at another scale by chance
+    cmp = lab.compare_to_gradient(mom["mean"], problem.gradient(policy))
+    assert cmp["classification"] == "biased" and cmp["rel_bias"] > 1e-3
+
+
+def test_dr_grpo_constant_normaliser_is_a_scaled_gradient_with_unequal_lengths(vl):
+    """seq-mean-token-sum-norm divides by the padded width T whatever the lengths:
+    E[u] = (G−1)/(G T) ∇J exactly, even where 1/|o_i| would bias GRPO."""
+    problem, policy = vl
+    G, T = 3, problem.completions.shape[1]
+    mom = lab.method_update_moments(problem, policy, "dr_grpo", group_size=G)
+    grad_J = problem.gradient(policy)
+    assert torch.allclose(mom["mean"], (G - 1) / (G * T) * grad_J, atol=1e-14)
+    row = lab.lab_table(problem, policy, ["dr_grpo"], group_size=G)[0]
+    assert row["classification"] == "scaled" and row["confirmed"] is True
+
+
+def test_remax_and_equal_length_opo_objectives(equal_len, vl):
+    problem, policy = equal_len
+    rows = {
+        r["method"]: r
+        for r in lab.lab_table(problem, policy, ["remax", "opo"], group_size=4)
+    }
+    assert rows["remax"]["objective"] == "J" and rows["remax"]["confirmed"] is True
+    assert rows["opo"]["objective"] == "0.75 J" and rows["opo"]["confirmed"] is True
+    # with unequal lengths OPO's length-weighted mean is not the group mean: no
+    # objective is claimed
+    vl_problem, vl_policy = vl
+    row = lab.lab_table(vl_problem, vl_policy, ["opo"], group_size=4)[0]
+    assert row["objective"] == "—" and row["confirmed"] is None
+    assert row["classification"] == "biased"
+
+
+def test_relative_variance_and_batch_coupling(equal_len):
+    problem, policy = equal_len
+    names = ["grpo", "dr_grpo", "rloo", "grpo_batch_std", "gpg"]
+    rows = {r["method"]: r for r in lab.lab_table(problem, policy, names, 4)}
+    gJ = problem.gradient(policy).double()
+    for r in rows.values():
+        expected = r["variance"] / (r["scale"] ** 2 * float(gJ @ gJ))
+        assert r["rel_variance"] == pytest.approx(expected, rel=1e-12)
+    # a scaled gradient has the variance of the unscaled one, once the scale is
+    # divided out: Dr.GRPO's advantage is (G-1)/G times RLOO's, token for token
+    assert rows["dr_grpo"]["rel_variance"] == pytest.approx(
+        rows["rloo"]["rel_variance"], rel=1e-10
+    )
+    assert rows["dr_grpo"]["variance"] < rows["rloo"]["variance"]
+    for name in ("grpo", "dr_grpo", "rloo"):
+        assert rows[name]["batch_coupled"] is False
+    for name in ("grpo_batch_std", "gpg"):
+        assert rows[name]["batch_coupled"] is True
+
+
+def test_format_lab_table_fits_the_column_and_marks_rows(equal_len):
+    problem, policy = equal_len
+    names = ["reinforce", "ppo_rlhf", "grpo", "grpo_batch_std", "grpo_passk"]
+    rows = lab.lab_table(problem, policy, names, group_size=4)
+    text = lab.format_lab_table(rows)
+    lines = text.splitlines()
+    assert len(lines) == len(rows) + 1
+    assert all(len(line) <= 80 for line in lines)
+    by = {line.split()[0]: line for line in lines[1:]}
+    assert "skipped: needs a critic" in by["ppo_rlhf"]
+    assert "†" in by["grpo_batch_std"] and "†" not in by["grpo"]
+    assert by["grpo"].rstrip().endswith("✓") and "pass@4 ✓" in by["grpo_passk"]
+    for bad in ([{"method": "x"}], "rows", [1]):
+        with pytest.raises(ValueError):
+            lab.format_lab_table(bad)
