@@ -728,31 +728,61 @@ def bias_variance_plot(ax, rows: list[dict], *, colors=None) -> None:
     """Place each evaluated `lab_table` row on the bias–variance plane: x = relative
     bias ‖u − scale·∇J‖ / ‖∇J‖ (what no step size removes), y = `rel_variance`, the
     variance at equal samples relative to the method's own signal scale² ‖∇J‖² (log
-    scale), one labelled marker per method; rows marked `batch_coupled` get a † after
-    the name. Skipped rows and rows without a relative variance are left out.
-    `colors` defaults to the axes' colour cycle (`policygrad.plotting.COLORS` once
-    `policygrad.plotting.set_style` has run); pass `policygrad.plotting.COLORS` to
-    be explicit.
+    scale), one marker per method; rows marked `batch_coupled` get a † after the
+    name. Methods whose points nearly coincide (within 8 % of the x range and 5 % of the
+    log-y range) share one colour and one label listing their names, so no label is
+    drawn over another's point. Skipped rows and rows without a relative variance are
+    left out. `colors` defaults to the axes' colour cycle (`policygrad.plotting.COLORS`
+    once `policygrad.plotting.set_style` has run).
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     shown = [r for r in rows if r.get("skipped") is None and r.get("rel_variance")]
     if not shown:
         raise ValueError("no evaluated row with a positive variance to plot")
     if colors is None:
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, r in enumerate(shown):
-        color = colors[i % len(colors)]
-        ax.scatter([r["rel_bias"]], [r["rel_variance"]], color=color, zorder=3)
+    xs = [float(r["rel_bias"]) for r in shown]
+    ys = [math.log10(float(r["rel_variance"])) for r in shown]
+    xtol = 0.08 * ((max(xs) - min(xs)) or 1.0)
+    ytol = 0.05 * ((max(ys) - min(ys)) or 1.0)
+    clusters: list[list[int]] = []
+    for i in range(len(shown)):
+        for c in clusters:
+            if abs(xs[c[0]] - xs[i]) <= xtol and abs(ys[c[0]] - ys[i]) <= ytol:
+                c.append(i)
+                break
+        else:
+            clusters.append([i])
+    for k, c in enumerate(clusters):
+        color = colors[k % len(colors)]
+        names = [
+            # a no-break space keeps the dagger with its name when the label wraps
+            shown[i]["method"] + ("\u00a0†" if shown[i].get("batch_coupled") else "")
+            for i in c
+        ]
+        ax.scatter(
+            [xs[i] for i in c],
+            [10 ** ys[i] for i in c],
+            color=color,
+            zorder=3,
+        )
         ax.annotate(
-            r["method"] + (" †" if r.get("batch_coupled") else ""),
-            (r["rel_bias"], r["rel_variance"]),
+            "\n".join(textwrap.wrap(", ".join(names), 34)),
+            (xs[c[0]], 10 ** ys[c[0]]),
             textcoords="offset points",
-            xytext=(4, 4),
+            xytext=(5, 3),
             fontsize="small",
             color=color,
+            va="bottom",
         )
     ax.set_yscale("log")
+    plain = ticker.FormatStrFormatter("%g")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("relative bias |E[u] − c ∇J| / |∇J|")
     ax.set_ylabel("G tr Cov[u] / (c |∇J|)²")
 
