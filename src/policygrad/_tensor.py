@@ -85,3 +85,45 @@ def flat_grad(
             for p, g in zip(params, grads, strict=True)
         ]
     )
+
+
+#: A group whose values spread (max - min) by at most this many machine epsilons of
+#: the input dtype (float32's for half precision), relative to max(1, max|x|), is
+#: constant: its advantages are exactly 0 (see `_constant_groups`).
+CONSTANT_ULPS = 16
+
+
+def _constant_groups(
+    lo: torch.Tensor, hi: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """True where a group is constant up to round-off:
+    `hi - lo <= 16 * eps(dtype) * max(1, absmax)`.
+
+    `lo`, `hi`, `absmax`: the group's min, max and max absolute value; `dtype`: the
+    dtype the values came in (its epsilon, or float32's for half precision, sets the
+    tolerance). Exact equality is not enough: `0.1 + 0.2` and `0.3` differ in the
+    last bit, and dividing that difference by a standard deviation of 1e-17 gives
+    advantages of order 1.
+    """
+    # half-precision inputs use float32's epsilon: their values are exact, and a
+    # bfloat16 tolerance (0.125 at |r| <= 1) would silently zero real reward
+    # differences
+    tol = (
+        CONSTANT_ULPS
+        * torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+        * absmax.clamp_min(1.0)
+    )
+    return (hi - lo) <= tol
+
+
+def _spread_is_round_off(
+    x: torch.Tensor, sel: torch.Tensor, dtype: torch.dtype, dim=None
+) -> torch.Tensor:
+    """`_constant_groups` of the selected entries of `x` (over `dim`, or all of
+    them)."""
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    red = {} if dim is None else {"dim": dim, "keepdim": True}
+    lo = torch.where(sel, x, inf).amin(**red)
+    hi = torch.where(sel, x, -inf).amax(**red)
+    top = select(x.abs(), sel).amax(**red)
+    return _constant_groups(lo, hi, top, dtype)

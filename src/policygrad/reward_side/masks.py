@@ -14,11 +14,7 @@ import math
 import torch
 
 from .._checks import check_finite, check_float, check_mask, check_tensor
-
-#: A group whose values spread (max - min) by at most this many machine epsilons of
-#: the input dtype (float32's for half precision), relative to max(1, max|x|), is
-#: constant: its advantages are exactly 0 (see `_constant_groups`).
-CONSTANT_ULPS = 16
+from .._tensor import CONSTANT_ULPS, _constant_groups  # noqa: F401 (re-exported)
 
 
 def _check_rewards_mask(
@@ -74,26 +70,3 @@ def _check_flag(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-def _constant_groups(
-    lo: torch.Tensor, hi: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """True where a group is constant up to round-off:
-    `hi - lo <= 16 * eps(dtype) * max(1, absmax)`.
-
-    `lo`, `hi`, `absmax`: the group's min, max and max absolute value; `dtype`: the
-    dtype the values came in (its epsilon, or float32's for half precision, sets the
-    tolerance). Exact equality is not enough: `0.1 + 0.2` and `0.3` differ in the
-    last bit, and dividing that difference by a standard deviation of 1e-17 gives
-    advantages of order 1.
-    """
-    # half-precision inputs use float32's epsilon: their values are exact, and a
-    # bfloat16 tolerance (0.125 at |r| <= 1) would silently zero real reward
-    # differences
-    tol = (
-        CONSTANT_ULPS
-        * torch.finfo(torch.promote_types(dtype, torch.float32)).eps
-        * absmax.clamp_min(1.0)
-    )
-    return (hi - lo) <= tol

@@ -29,23 +29,10 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_finite, check_float, check_mask, check_positive_int
-from .._tensor import compute_dtype, select
-from .masks import _check_flag, _check_number, _check_seq_mask, _constant_groups
+from .._tensor import _spread_is_round_off, compute_dtype, select
+from .masks import _check_flag, _check_number, _check_seq_mask
 
 __all__ = ["whiten", "group_advantages", "group_step_advantages"]
-
-
-def _spread_is_round_off(
-    x: torch.Tensor, sel: torch.Tensor, dtype: torch.dtype, dim=None
-) -> torch.Tensor:
-    """`_constant_groups` of the selected entries of `x` (over `dim`, or all of
-    them)."""
-    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-    red = {} if dim is None else {"dim": dim, "keepdim": True}
-    lo = torch.where(sel, x, inf).amin(**red)
-    hi = torch.where(sel, x, -inf).amax(**red)
-    top = select(x.abs(), sel).amax(**red)
-    return _constant_groups(lo, hi, top, dtype)
 
 
 def _centre(

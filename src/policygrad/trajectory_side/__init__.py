@@ -1,14 +1,39 @@
 """The trajectory side: how the score ∇_θ log p_θ(τ) is formed and aggregated.
 
 Per-token log-probabilities and entropies, the REINFORCE surrogate, importance ratios,
-PPO's clip family, aggregation modes, KL estimators, masks. Depends only on
+PPO's clip family and the later clips (two-sided, CISPO, SAPO, with their gradient
+weights), aggregation modes, KL estimators, masks, and the filters of chapter 9
+(planned): dynamic sampling, truncation masks, high-entropy tokens, Clip-Cov, KL-Cov,
+the entropy bonus. Depends only on
 `policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
 """
 
 from __future__ import annotations
 
-from . import aggregation, kl, logprobs, masks, ppo, ratios, surrogates
+from . import aggregation, clips, filters, kl, logprobs, masks, ppo, ratios, surrogates
 from .aggregation import AGGREGATIONS, aggregate, aggregation_weights
+from .clips import (
+    CISPO_VARIANTS,
+    CLIP_FAMILIES,
+    cispo_loss,
+    gradient_weight,
+    sapo_loss,
+    two_sided_clip_loss,
+)
+from .filters import (
+    AdaptiveEntropyController,
+    DynamicSampling,
+    clip_cov_loss,
+    clip_cov_selection,
+    entropy_bonus_loss,
+    expected_draws_per_informative_group,
+    fill_informative,
+    high_entropy_token_mask,
+    informative_groups,
+    kl_cov_loss,
+    kl_cov_selection,
+    truncation_loss_mask,
+)
 from .kl import KL_ESTIMATORS, AdaptiveKLController, kl_estimate, kl_loss
 from .logprobs import sequence_log_probs, token_entropy, token_log_probs
 from .masks import TokenLosses
@@ -24,6 +49,26 @@ __all__ = [
     "surrogates",
     "ppo",
     "kl",
+    "clips",
+    "filters",
+    "two_sided_clip_loss",
+    "cispo_loss",
+    "sapo_loss",
+    "gradient_weight",
+    "CLIP_FAMILIES",
+    "CISPO_VARIANTS",
+    "informative_groups",
+    "expected_draws_per_informative_group",
+    "DynamicSampling",
+    "fill_informative",
+    "truncation_loss_mask",
+    "high_entropy_token_mask",
+    "clip_cov_selection",
+    "clip_cov_loss",
+    "kl_cov_selection",
+    "kl_cov_loss",
+    "entropy_bonus_loss",
+    "AdaptiveEntropyController",
     "token_log_probs",
     "token_entropy",
     "sequence_log_probs",
