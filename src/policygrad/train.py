@@ -32,8 +32,9 @@ from .reward_side.baselines import (
 )
 from .reward_side.critic import explained_variance
 from .reward_side.returns import reinforce_weights, total_return
-from .rollout import RolloutBatch
+from .rollout import RolloutBatch, Samples
 from .toy.policies import TabularPolicy
+from .trajectory_side.filters import fill_informative, truncation_loss_mask
 from .trajectory_side.kl import kl_loss
 from .trajectory_side.logprobs import token_entropy, token_log_probs
 from .trajectory_side.surrogates import pg_surrogate
@@ -219,6 +220,8 @@ METRICS = {
     "samples": "completions sampled so far",
     "greedy_samples": "greedy completions generated so far (ReMax's baseline; "
     "methods with greedy_baseline only)",
+    "gen_batches": "generation batches drawn this step (dynamic sampling only: "
+    "batches of prompts_per_step prompts until that many groups carry a signal)",
     "reward": "mean reward of the step's completions",
     "heldout_accuracy": "greedy exact-match accuracy on the held-out "
     "evaluation problems",
@@ -376,6 +379,73 @@ def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
     return (g == g[:, :1]).all(1).double().mean().item()
 
 
+def _cat_samples(parts: list[Samples]) -> Samples:
+    """Rows of several `Samples`, padded to the widest (padding: mask 0, log-prob 0,
+    the last token id repeated, which every function selects away)."""
+    T = max(s.completions.shape[1] for s in parts)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        if x.shape[1] == T:
+            return x
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
+
+    return Samples(
+        prompts=torch.cat([s.prompts for s in parts]),
+        completions=torch.cat([pad(s.completions, 0) for s in parts]),
+        mask=torch.cat([pad(s.mask, 0) for s in parts]),
+        log_probs=torch.cat([pad(s.log_probs, 0.0) for s in parts]),
+        truncated=torch.cat([s.truncated for s in parts]),
+    )
+
+
+def _keep_groups(
+    drawn: list[tuple],
+    keep: list[torch.Tensor],
+    target: int,
+    G: int,
+    task: Task,
+    device,
+) -> tuple:
+    """Dynamic sampling's batch: the kept (informative) groups of every drawn batch,
+    in order; if the budget ran out first, the earliest other groups fill it up to
+    `target` groups (they carry no signal for group methods, but keep the batch
+    size, and so the minibatch split, of every step)."""
+    chosen = [(b, int(m)) for b, k in enumerate(keep) for m in k.nonzero().flatten()]
+    if len(chosen) < target:
+        rest = [
+            (b, m)
+            for b, k in enumerate(keep)
+            for m in range(k.shape[0])
+            if not bool(k[m])
+        ]
+        chosen += rest[: target - len(chosen)]
+    problems, parts, rewards, comps = [], [], [], []
+    for b, m in chosen:
+        probs_b, _, samples_b, rewards_b, comps_b = drawn[b]
+        rows = torch.arange(m * G, (m + 1) * G, device=samples_b.completions.device)
+        problems.append(probs_b[m])
+        parts.append(
+            Samples(
+                prompts=samples_b.prompts[rows],
+                completions=samples_b.completions[rows],
+                mask=samples_b.mask[rows],
+                log_probs=samples_b.log_probs[rows],
+                truncated=samples_b.truncated[rows],
+            )
+        )
+        rewards.append(rewards_b[rows])
+        if comps_b is not None:
+            comps.append(comps_b[rows])
+    samples = _cat_samples(parts)
+    return (
+        problems,
+        task.encode_prompts(problems).to(device),
+        samples,
+        torch.cat(rewards),
+        torch.cat(comps) if comps else None,
+    )
+
+
 def train(
     policy: torch.nn.Module,
     task: Task,
@@ -447,7 +517,12 @@ def train(
     logits of the forward that gives `old_log_probs` (detached), in
     `batch.sum_pi_squared`. A task with several reward components
     (`len(task.reward_names) > 1`, e.g. `policygrad.lm.FormatAdditionTask`) gets them
-    in `batch.reward_components` for every method.
+    in `batch.reward_components` for every method. With `dynamic_sampling` (DAPO) a
+    step draws further batches of `prompts_per_step` problems until that many groups
+    have rewards that differ, or `max_gen_batches` batches are spent (then the
+    earliest other groups fill the batch); `samples` counts every completion sampled,
+    `gen_batches` the batches, and `reward` is the mean over the trained batch. With
+    `mask_truncated` the rows that hit the length limit get loss mask 0.
 
     Every optimiser step checks the loss, the gradient norm (policy and critic) and,
     after the step, the parameters for NaN/inf. `on_nonfinite="raise"` (default) stops
@@ -532,6 +607,11 @@ def train(
         raise ValueError(
             f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}"
         )
+    if method.dynamic_sampling and G < 2:
+        raise ValueError(
+            f"method {method.name!r} uses dynamic sampling, which keeps groups whose "
+            f"rewards differ: it needs group_size >= 2, got {G}"
+        )
     if critic is not None and not method.needs_critic:
         raise ValueError(f"method {method.name!r} has no critic; do not pass one")
     if method.needs_critic:
@@ -607,10 +687,9 @@ def train(
         f"or max_grad_norm is off ({max_grad_norm})"
     )
 
-    bar = tqdm(range(1, steps + 1), desc=method.name, disable=not progress, leave=False)
-    for i in bar:
-        step = step0 + i
-        # 1. sample G completions for each of the step's prompts (no gradient)
+    def draw(step: int) -> tuple:
+        """One generation batch: problems, their prompts, G samples each, rewards and
+        reward components (None for a single-reward task)."""
         problems = task.sample_problems(prompts_per_step, g)
         prompts = task.encode_prompts(problems).to(device)
         policy.eval()
@@ -633,13 +712,48 @@ def train(
                 float("nan"),
                 "the policy's logits overflowed: " + lr_cause,
             ) from err
-        # 2. rewards; the trainer's own log-probs of the sampled tokens; reference
-        # log-probs; the batch
+        # 2. rewards (and their components, for a task with several)
         rows_problems = [p for p in problems for _ in range(G)]
         rewards = task.rewards(rows_problems, samples.completions, samples.mask)
         reward_components = (
             task.reward_components(rows_problems, samples.completions, samples.mask)
             if components
+            else None
+        )
+        return problems, prompts, samples, rewards, reward_components
+
+    bar = tqdm(range(1, steps + 1), desc=method.name, disable=not progress, leave=False)
+    for i in bar:
+        step = step0 + i
+        # 1. sample G completions for each of the step's prompts (no gradient);
+        # with dynamic sampling, more batches until enough groups carry a signal
+        if method.dynamic_sampling:
+            drawn_batches: list[tuple] = []
+
+            def rewards_of_new_batches(step=step, drawn=drawn_batches):
+                while True:
+                    drawn.append(draw(step))
+                    yield drawn[-1][3]
+
+            ds = fill_informative(
+                rewards_of_new_batches(),
+                prompts_per_step,
+                G,
+                max_batches=method.max_gen_batches,
+                allow_short=True,
+            )
+            problems, prompts, samples, rewards, reward_components = _keep_groups(
+                drawn_batches, ds.keep, prompts_per_step, G, task, device
+            )
+            gen_batches = ds.n_batches
+            sampled_now = ds.groups_drawn * G
+        else:
+            problems, prompts, samples, rewards, reward_components = draw(step)
+            gen_batches = 1
+            sampled_now = len(samples)
+        loss_mask = (
+            truncation_loss_mask(samples.mask, samples.truncated)
+            if method.mask_truncated
             else None
         )
         greedy_rewards = None
@@ -701,6 +815,7 @@ def train(
             samples,
             rewards,
             group_size=G,
+            loss_mask=loss_mask,
             ref_log_probs=ref_logp,
             values=values,
             old_log_probs=old_logp,
@@ -798,7 +913,7 @@ def train(
                     else:
                         critic_opt.step()
                         value_losses.append(vloss.item())
-        samples_seen += len(batch)
+        samples_seen += sampled_now
         lm = batch.mask
         row = {
             "step": step,
@@ -806,6 +921,8 @@ def train(
         }
         if method.greedy_baseline:
             row["greedy_samples"] = greedy_seen
+        if method.dynamic_sampling:
+            row["gen_batches"] = gen_batches
         row |= {
             "reward": batch.sequence_rewards.mean().item(),
             "entropy": entropy,

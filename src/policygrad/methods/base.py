@@ -64,8 +64,8 @@ class Method:
     ad-hoc methods (every registered one has both; see `policygrad.methods.to_trl`);
     section: the label of the book section that derives it.
 
-    Two flags ask the training loop for more than the sampled batch (both False by
-    default; `policygrad.train.train` reads them):
+    Flags that ask the training loop for more than one plain sampled batch (all off
+    by default; `policygrad.train.train` reads them):
 
     * `greedy_baseline`: besides the sampled completions, generate one greedy (argmax)
       completion per prompt, score it with the task's reward and put that reward,
@@ -73,7 +73,15 @@ class Method:
       the extra generations are counted in the `greedy_samples` metric);
     * `needs_sum_pi_squared`: put Σ_v π_θ_old(v | s_t)² of every position, from the
       training forward's logits (detached), in `batch.sum_pi_squared` (verl's optimal
-      token baseline reads it).
+      token baseline reads it);
+    * `dynamic_sampling` (DAPO): keep only the groups whose rewards differ and draw
+      further batches of the same number of prompts until the step has that many such
+      groups, at most `max_gen_batches` batches per step (then the earliest other
+      groups fill the batch; `policygrad.trajectory_side.fill_informative`); every
+      sampled completion is counted in `samples`, the batches in `gen_batches`;
+    * `mask_truncated` (DAPO's overlong filtering, TRL's `mask_truncated_completions`):
+      completions that hit the length limit stay in their group's statistics but get
+      loss mask 0 (`policygrad.trajectory_side.truncation_loss_mask`).
 
     Methods with a critic (a learned value model) also give value_targets (the batch ->
     the critic's regression targets `(B, T)`) and value_loss
@@ -105,6 +113,9 @@ class Method:
     extra: dict = field(default_factory=dict)
     greedy_baseline: bool = False
     needs_sum_pi_squared: bool = False
+    dynamic_sampling: bool = False
+    max_gen_batches: int = 8
+    mask_truncated: bool = False
 
     @property
     def needs_critic(self) -> bool:
@@ -118,9 +129,14 @@ class Method:
             )
         if not callable(self.advantages) or not callable(self.loss):
             raise ValueError("advantages and loss must be callables")
-        for attr in ("group_size", "inner_epochs", "minibatches"):
+        for attr in ("group_size", "inner_epochs", "minibatches", "max_gen_batches"):
             check_positive_int(getattr(self, attr), attr)
-        for attr in ("greedy_baseline", "needs_sum_pi_squared"):
+        for attr in (
+            "greedy_baseline",
+            "needs_sum_pi_squared",
+            "dynamic_sampling",
+            "mask_truncated",
+        ):
             if not isinstance(getattr(self, attr), bool):
                 raise ValueError(
                     f"{attr} must be True or False, got {getattr(self, attr)!r}"
