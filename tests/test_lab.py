@@ -388,3 +388,21 @@ def test_format_lab_table_fits_the_column_and_marks_rows(equal_len):
     for bad in ([{"method": "x"}], "rows", [1]):
         with pytest.raises(ValueError):
             lab.format_lab_table(bad)
+
+
+def test_rule_probes_include_groups_with_a_signal():
+    """Regression: on this toy the 12 evenly spread probe groups all have equal rewards (zero
+    coefficients), which used to 'confirm' the first rule (per-group mean) for every method. The
+    probes now include groups whose rewards differ: token-sum is found to be a sum over groups, and
+    equals G times seq-mean-token-sum's update exactly; token-mean is a per-token mean."""
+    problem, _ = pg.toy.variable_length_task(3, 3, 4, seed=0)
+    policy = pg.TabularPolicy(3, 3, 4, eos=0, init_scale=0.0).double()
+    G = 3
+
+    def moments(agg):
+        m = grpo(name="g_" + agg.replace("-", "_"), group_size=G, beta=0.0, aggregation=agg)
+        return lab.method_update_moments(problem, policy, m)
+
+    s, seq, tok = moments("token-sum"), moments("seq-mean-token-sum"), moments("token-mean")
+    assert s["path"] == "batched (sum)" and tok["path"] == "batched (per-token mean)"
+    assert torch.allclose(s["mean"], G * seq["mean"], rtol=1e-12, atol=1e-15)

@@ -248,12 +248,23 @@ def _all_coefficients(method, parts, n_groups: int, G: int):
     Batched when it can be: one call of the method's advantages and loss on one big
     batch of all groups, valid when the advantages are computed within each group and
     the loss normalises the batch in one of three ways (mean over groups, mean over
-    tokens, sum). Both are checked on up to 12 groups spread over the enumeration
-    (each also run alone); if any disagrees, every group is run alone (slow path).
+    tokens, sum). Both are checked on up to 24 groups (12 spread over the enumeration,
+    12 among the groups whose rewards differ), each also run alone; if any disagrees,
+    or every probe's coefficients are zero while the batch's are not, every group is
+    run alone (slow path).
     """
     big = _batch(parts, G)
     L = big.mask.shape[1]
-    probe = torch.unique(torch.linspace(0, n_groups - 1, min(n_groups, 12)).long())
+    # probes: groups spread over the enumeration, and as many again among the groups
+    # whose rewards differ, so that a rule is never "confirmed" on all-zero
+    # coefficients only (groups of equal rewards give zero for most methods)
+    spread = big.sequence_rewards.reshape(n_groups, G)
+    informative = (spread.amax(1) != spread.amin(1)).nonzero().flatten().cpu()
+    probe = torch.linspace(0, n_groups - 1, min(n_groups, 12)).long()
+    if informative.numel():
+        pick = torch.linspace(0, informative.numel() - 1, min(informative.numel(), 12))
+        probe = torch.cat([probe, informative[pick.long()]])
+    probe = torch.unique(probe)
     alone = []
     for g in probe.tolist():
         rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
@@ -262,6 +273,9 @@ def _all_coefficients(method, parts, n_groups: int, G: int):
     try:
         c_big = _coefficients(method, big).reshape(n_groups, G, L)
     except ValueError:
+        c_big = None
+    # all-zero probes cannot tell the rules apart: then only the slow path is safe
+    if c_big is not None and float(alone.abs().amax()) == 0 and bool(c_big.any()):
         c_big = None
     if c_big is not None:
         tol = (1e-9 if alone.dtype == torch.float64 else 1e-4) * (
