@@ -34,7 +34,11 @@ from .reward_side.critic import explained_variance
 from .reward_side.returns import reinforce_weights, total_return
 from .rollout import RolloutBatch, Samples
 from .toy.policies import TabularPolicy
-from .trajectory_side.filters import fill_informative, truncation_loss_mask
+from .trajectory_side.filters import (
+    fill_informative,
+    informative_groups,
+    truncation_loss_mask,
+)
 from .trajectory_side.kl import kl_loss
 from .trajectory_side.logprobs import token_entropy, token_log_probs
 from .trajectory_side.surrogates import pg_surrogate
@@ -375,8 +379,9 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 def _group_zero_variance(rewards: torch.Tensor, group_size: int) -> float:
-    g = rewards.reshape(-1, group_size)
-    return (g == g[:, :1]).all(1).double().mean().item()
+    """The fraction of groups whose rewards are equal, by the package's round-off
+    rule (the groups dynamic sampling drops)."""
+    return 1.0 - informative_groups(rewards, group_size).double().mean().item()
 
 
 def _cat_samples(parts: list[Samples]) -> Samples:
