@@ -55,6 +55,10 @@ def _batch(*, loss_mask_zero: bool, garbage: bool, rewards: torch.Tensor | None 
             0.2 + 0.7 * torch.rand(B, T, generator=torch.Generator().manual_seed(1)),
             fill,
         ),  # fmt: skip
+        # what the 80/20 filter reads (filled by train for a method with needs_entropy)
+        entropies=torch.where(
+            mask > 0, 2 * torch.rand(B, T, generator=torch.Generator().manual_seed(2)), fill
+        ),  # fmt: skip
     )
     new_logp = torch.where(mask > 0, logp + 0.05 * torch.randn(B, T, generator=g), fill).requires_grad_(True)
     return batch, new_logp

@@ -233,6 +233,7 @@ def test_rollout_batch_select_whole_groups_keeps_rows_aligned():
         greedy_rewards=torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.5]),
         reward_components=torch.rand(B, 2, generator=g),
         sum_pi_squared=torch.rand(B, T, generator=g) * mask,
+        entropies=2 * torch.rand(B, T, generator=g) * mask,
     )
     rows = torch.tensor([4, 5, 0, 1])  # groups 30 and 10, in that order
     sub = full.select(rows)

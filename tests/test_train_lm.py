@@ -292,7 +292,7 @@ def test_history_has_the_documented_columns(G):
     assert [r["samples"] for r in h.rows] == [8 * G * i for i in range(6)]
     assert h.series("heldout_accuracy")[0] == [0, 2, 4, 5]  # before, every eval_every, after the last
     optional = {"heldout_accuracy", "zero_var_groups", "clip_frac", "approx_kl", "value_loss", "explained_variance",
-                "greedy_samples", "gen_batches"}
+                "greedy_samples", "gen_batches", "entropy_coef", "entropy_bonus"}
     every = set(METRICS) - optional - {"kl_ref", "skipped"}  # kl_ref: REINFORCE does not need the reference
     for r in h.rows[1:]:
         assert every <= set(r), set(every) - set(r)
@@ -336,15 +336,21 @@ def test_no_reward_anywhere_gives_zero_signal_and_no_nan(method, G, tiny_gpt):
               eval_problems=task.eval_set(16), kl_ref=True)  # fmt: skip
     for r in h.rows:
         assert all(math.isfinite(v) for v in r.values()), r
+    bonus = pg.get_method(method).has_entropy_bonus
     for r in h.rows[1:]:
-        assert r["reward"] == 0.0 and r["loss"] == 0.0 and r["grad_norm"] == 0.0
         assert r["rollout_kl"] > 0  # the sampler's KV-cached log-probs do differ from the trainer's
+        if bonus:  # the entropy bonus is the whole loss: the policy term is exactly 0
+            assert r["reward"] == 0.0 and r["loss"] == r["entropy_bonus"]
+            continue
+        assert r["reward"] == 0.0 and r["loss"] == 0.0 and r["grad_norm"] == 0.0
         assert abs(r["kl_ref"]) < 1e-7  # the policy never moves
         if G >= 2:
             assert r["zero_var_groups"] == 1.0
     assert h["heldout_accuracy"] == [0.0, 0.0]
-    for a, b in zip(before, policy.parameters(), strict=True):
-        assert torch.equal(a, b)  # Adam with zero gradients leaves the parameters unchanged
+    moved = [not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True)]
+    # Adam with zero gradients leaves the parameters unchanged; a fixed entropy bonus alone moves them (the
+    # adaptive one starts at 0 and stays there while the entropy is above its target, as here)
+    assert any(moved) if pg.get_method(method).entropy_coef > 0 else not any(moved)
 
 
 # -- a short learning run -------------------------------------------------------------------------------------------

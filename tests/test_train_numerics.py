@@ -8,6 +8,7 @@ training with a NaN loss.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -76,10 +77,25 @@ def test_all_rewards_zero_leaves_the_policy_exactly_unchanged(name):
     task = _zero_task()
     policy, _ = pg.load_warm_start("addition")
     before = copy.deepcopy(policy)
-    G = get_method(name).group_size
-    train(policy, task, name, steps=2, prompts_per_step=8, group_size=G, eval_every=None, seed=1, lr=1e-2)
+    m = get_method(name)
+    G = m.group_size
+    if m.has_entropy_bonus:  # the bonus moves the policy whatever the rewards: without it, nothing moves
+        m = dataclasses.replace(m, entropy_coef=0.0, adaptive_entropy=None)
+    train(policy, task, m, steps=2, prompts_per_step=8, group_size=G, eval_every=None, seed=1, lr=1e-2)
     for a, b in zip(before.parameters(), policy.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_with_zero_rewards_an_entropy_bonus_alone_moves_the_policy_and_raises_its_entropy():
+    task = _zero_task()
+    policy, _ = pg.load_warm_start("addition")
+    before = copy.deepcopy(policy)
+    m = dataclasses.replace(get_method("grpo_entropy_bonus"), entropy_coef=1.0)
+    h = train(policy, task, m, steps=3, prompts_per_step=8, group_size=8, eval_every=None, seed=1, lr=1e-3)
+    assert max((a - b).abs().max().item() for a, b in zip(before.parameters(), policy.parameters(), strict=True)) > 0
+    for r in h.rows[1:]:
+        assert r["loss"] == r["entropy_bonus"] < 0 and r["entropy_coef"] == 1.0  # the policy term is exactly 0
+    assert h["entropy"][-1] > h["entropy"][0]
 
 
 def test_a_critic_method_moves_the_policy_only_through_its_critics_error():

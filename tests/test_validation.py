@@ -490,3 +490,22 @@ def test_tabular_policy_refuses_non_integer_tokens():
         pol(torch.tensor([0.0, 1.0], dtype=torch.bfloat16), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
         pol.sample(torch.tensor([0, 1]), generator=1)
+
+
+def test_already_validated_skips_only_the_value_checks_and_only_inside_the_block():
+    """The lab's per-group path runs a loss on thousands of slices of one validated batch inside
+    ``already_validated()``; outside it a NaN or a non-0/1 mask is still a ValueError."""
+    from policygrad._checks import already_validated, check_finite, check_mask
+
+    x = torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError, match="NaN"):
+        check_finite(x, "x")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        check_mask(torch.tensor([0.0, 0.5]))
+    with already_validated():
+        assert check_finite(x, "x") is x
+        assert torch.equal(check_mask(torch.tensor([True, False])), torch.tensor([1.0, 0.0]))
+        with pytest.raises(ValueError, match="must have shape"):  # shapes are still checked
+            check_mask(torch.ones(2), shape=torch.Size([3]))
+    with pytest.raises(ValueError, match="NaN"):  # restored after the block
+        check_finite(x, "x")

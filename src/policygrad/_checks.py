@@ -7,6 +7,7 @@ keep those messages uniform.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,6 +54,26 @@ def check_same_shape(
         )
 
 
+#: Set by `already_validated()`: the value checks below (NaN/inf, 0/1 masks) are
+#: skipped while it is True.
+_VALIDATED = False
+
+
+@contextlib.contextmanager
+def already_validated():
+    """Skip the element-wise value checks (`check_finite`, the 0/1 test of
+    `check_mask`) inside the block: for internal loops over slices of inputs that
+    were validated once (the gradient lab's per-group path runs a method's loss on
+    thousands of slices of one validated batch). Shapes and types are still checked;
+    public calls outside such a block are unaffected."""
+    global _VALIDATED
+    before, _VALIDATED = _VALIDATED, True
+    try:
+        yield
+    finally:
+        _VALIDATED = before
+
+
 def check_finite(
     x: torch.Tensor, name: str, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -62,7 +83,7 @@ def check_finite(
     checked: values on padded positions may be anything, because every function selects
     them away before any arithmetic.
     """
-    if not x.is_floating_point():
+    if not x.is_floating_point() or _VALIDATED:
         return x
     bad = ~torch.isfinite(x.detach())
     if mask is not None:
@@ -146,6 +167,8 @@ def check_mask(
             f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}"
         )
     m = mask.to(torch.float32) if mask.dtype == torch.bool else mask
+    if _VALIDATED:
+        return m.to(torch.get_default_dtype()) if not m.is_floating_point() else m
     if not bool(((m == 0) | (m == 1)).all()):
         raise ValueError(f"{name} must contain only 0 and 1")
     if not allow_empty and (m.numel() == 0 or not bool((m != 0).any())):

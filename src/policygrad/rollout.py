@@ -151,7 +151,11 @@ class RolloutBatch:
       whose weighted sum is `rewards` (GDPO reads them);
     * `sum_pi_squared (B, T)` or None: Σ_v π_θ_old(v | x, y_<t)² at each position
       (anything on padding), verl's `sum_pi_squared` for the optimal token baseline
-      (filled for a method with `needs_sum_pi_squared`).
+      (filled for a method with `needs_sum_pi_squared`);
+    * `entropies (B, T)` or None: the entropy H(π_θ_old(· | x, y_<t)) of the sampling
+      policy's next-token distribution at each position, detached (anything on
+      padding; the 80/20 filter of chapter 9 reads it; filled for a method with
+      `needs_entropy`).
 
     Everything is validated on construction (ValueError naming the field): shapes, 0/1
     masks, the loss mask inside the mask, finite rewards, log-probabilities and values
@@ -174,6 +178,7 @@ class RolloutBatch:
     greedy_rewards: torch.Tensor | None = None
     reward_components: torch.Tensor | None = None
     sum_pi_squared: torch.Tensor | None = None
+    entropies: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_tensor(self.completions, "completions", 2)
@@ -284,6 +289,14 @@ class RolloutBatch:
                     "sum_pi_squared must lie in [0, 1] on real tokens (a sum of "
                     "squared probabilities)"
                 )
+        if self.entropies is not None:
+            _check_float(self.entropies, "entropies", (B, T))
+            check_finite(self.entropies, "entropies", mask=self.mask)
+            if bool(((self.entropies.detach() < -1e-6) & (self.mask != 0)).any()):
+                raise ValueError(
+                    "entropies must be >= 0 on real tokens (an entropy is never "
+                    "negative)"
+                )
 
     @classmethod
     def from_samples(
@@ -299,6 +312,7 @@ class RolloutBatch:
         greedy_rewards: torch.Tensor | None = None,
         reward_components: torch.Tensor | None = None,
         sum_pi_squared: torch.Tensor | None = None,
+        entropies: torch.Tensor | None = None,
     ) -> RolloutBatch:
         """Wrap sampler output, laid out as by `sample(group_size=G)`.
 
@@ -306,7 +320,8 @@ class RolloutBatch:
         mask; `rollout_log_probs` are the sampler's log-probs; `old_log_probs` default
         to them too (pass the trainer's recomputed ones, as `policygrad.train.train`
         does); `values` are a critic's values of the sampled states; `greedy_rewards`,
-        `reward_components` and `sum_pi_squared` go to the fields of those names
+        `reward_components`, `sum_pi_squared` and `entropies` go to the fields of
+        those names
         (None: absent). Tensors that the batch keeps are detached.
         """
         if not isinstance(samples, Samples):
@@ -335,6 +350,7 @@ class RolloutBatch:
             greedy_rewards=_detach(greedy_rewards),
             reward_components=_detach(reward_components),
             sum_pi_squared=_detach(sum_pi_squared),
+            entropies=_detach(entropies),
         )
 
     def __len__(self) -> int:
@@ -388,4 +404,5 @@ class RolloutBatch:
             greedy_rewards=_rows(self.greedy_rewards, idx),
             reward_components=_rows(self.reward_components, idx),
             sum_pi_squared=_rows(self.sum_pi_squared, idx),
+            entropies=_rows(self.entropies, idx),
         )

@@ -24,7 +24,7 @@ from ._checks import check_positive_int
 from ._tensor import select
 from .exact.enumeration import ExactProblem
 from .lm.tasks import Problem, Task, evaluate
-from .methods.base import Method, get_method
+from .methods.base import Method, get_method, policy_loss
 from .reward_side.baselines import (
     TabularValue,
     per_step_leave_one_out_baseline,
@@ -35,6 +35,7 @@ from .reward_side.returns import reinforce_weights, total_return
 from .rollout import RolloutBatch, Samples
 from .toy.policies import TabularPolicy
 from .trajectory_side.filters import (
+    AdaptiveEntropyController,
     fill_informative,
     informative_groups,
     truncation_loss_mask,
@@ -249,6 +250,10 @@ METRICS = {
     "(methods with a critic)",
     "explained_variance": "1 - Var[target - V] / Var[target] of the critic's values "
     "at sampling time (critic methods)",
+    "entropy_coef": "the entropy bonus's coefficient, mean over the step's optimiser "
+    "steps (methods with an entropy bonus; adaptive: the controller's applied value)",
+    "entropy_bonus": "the entropy bonus's term of the loss, -c * aggregate(H), mean "
+    "over the step's optimiser steps (methods with an entropy bonus)",
     "skipped": "optimiser steps skipped so far because the loss or gradient was not "
     "finite (on_nonfinite='skip')",
     "seconds": "wall-clock seconds since training started "
@@ -527,7 +532,13 @@ def train(
     have rewards that differ, or `max_gen_batches` batches are spent (then the
     earliest other groups fill the batch); `samples` counts every completion sampled,
     `gen_batches` the batches, and `reward` is the mean over the trained batch. With
-    `mask_truncated` the rows that hit the length limit get loss mask 0.
+    `mask_truncated` the rows that hit the length limit get loss mask 0. With
+    `needs_entropy` the entropies of π_old at every position (from the same forward
+    as `old_log_probs`, detached) go in `batch.entropies`. A method with an entropy
+    bonus (`entropy_coef`, `adaptive_entropy`) gets the token entropies of each
+    minibatch's forward, with gradient, in `policy_loss`; an adaptive one keeps one
+    `AdaptiveEntropyController` for the run, updated after every optimiser step with
+    the minibatch's mean token entropy (the `entropy_coef` column).
 
     Every optimiser step checks the loss, the gradient norm (policy and critic) and,
     after the step, the parameters for NaN/inf. `on_nonfinite="raise"` (default) stops
@@ -673,6 +684,11 @@ def train(
     need_ref = method.needs_reference or bool(kl_ref)
     # the training forward gives old_log_probs itself
     one_pass = epochs == 1 and n_mb == 1
+    controller = (
+        AdaptiveEntropyController(**method.adaptive_entropy)
+        if method.adaptive_entropy is not None
+        else None
+    )
     clip = float("inf") if max_grad_norm is None else max_grad_norm
     skipped = hist.rows[-1].get("skipped", 0) if hist.rows else 0
 
@@ -798,6 +814,7 @@ def train(
             entropy = (
                 select(ent, samples.mask).sum() / samples.mask.sum().clamp_min(1)
             ).item()
+        entropies = select(ent, samples.mask) if method.needs_entropy else None
         ref_logp = None
         if need_ref:
             with torch.no_grad():
@@ -827,6 +844,7 @@ def train(
             greedy_rewards=greedy_rewards,
             reward_components=reward_components,
             sum_pi_squared=sum_pi_sq,
+            entropies=entropies,
         )
         # 3. advantages (reward side), and the critic's regression targets
         adv = method.advantages(batch)
@@ -850,7 +868,18 @@ def train(
                     # each prompt run once per group
                     logits = policy(mb.prompts, mb.completions, group_size=G)
                     logp = token_log_probs(logits, mb.completions)
-                loss, stats = method.loss(logp, mb, adv if n_mb == 1 else adv[rows])
+                H = None  # the entropy bonus's token entropies, with gradient
+                if method.has_entropy_bonus:
+                    H = token_entropy(logits)
+                coef = None if controller is None else controller.applied
+                loss, stats = policy_loss(
+                    method,
+                    logp,
+                    mb,
+                    adv if n_mb == 1 else adv[rows],
+                    entropy=H,
+                    entropy_coef=coef,
+                )
                 opt.zero_grad()
                 bad = None
                 if not bool(torch.isfinite(loss.detach())):
@@ -886,6 +915,14 @@ def train(
                         )
                     for k, v in stats.items():
                         stats_acc.setdefault(k, []).append(float(v))
+                    if controller is not None:  # TRL: after each optimiser step
+                        m_on = mb.loss_mask
+                        controller.update(
+                            float(
+                                (select(H.detach(), m_on) * m_on).sum()
+                                / m_on.sum().clamp_min(1)
+                            )
+                        )
                 if critic is not None:  # the critic's step on the same minibatch
                     v = critic(mb.prompts, mb.completions, group_size=G)
                     vloss = method.value_loss(

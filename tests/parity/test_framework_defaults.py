@@ -17,6 +17,7 @@ The frameworks are optional: each test skips when its framework is missing or ha
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 from collections import defaultdict
@@ -550,3 +551,37 @@ def test_verl_reward_variant_estimators(verl):
     )
     assert "REMAX needs one sampled rollout plus one greedy baseline per prompt" in src
     assert "Please set actor.calculate_sum_pi_squared=True in config." in src
+
+
+# ------------------------------------------------------------------ chapter 9's "What TRL and verl run" box
+
+
+def test_trl_trajectory_side_defaults_of_the_chapter_9_box(trl):
+    """grpo_config.py:697-722 (delta, epsilon_high, SAPO's temperatures), 836 (mask_truncated_completions),
+    866-910 (top_entropy_quantile, the entropy bonus and its adaptive controller); grpo_trainer.py:946
+    (epsilon_high falls back to epsilon)."""
+    d = defaults(trl.GRPOConfig)
+    assert d["loss_type"] == "dapo" and d["epsilon"] == 0.2
+    assert d["epsilon_high"] is None and d["delta"] is None
+    assert (d["sapo_temperature_pos"], d["sapo_temperature_neg"]) == (1.0, 1.05)
+    assert d["mask_truncated_completions"] is False and d["top_entropy_quantile"] == 1.0
+    assert d["entropy_coef"] == 0.0 and d["use_adaptive_entropy"] is False
+    assert (d["entropy_target"], d["entropy_coef_delta"]) == (0.2, 0.005)
+    src = inspect.getsource(trl.GRPOTrainer.__init__)
+    assert "self.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon" in src
+    for name in ("cispo", "sapo", "luspo", "bnpo", "dr_grpo"):  # the loss types the box names
+        assert f'"{name}"' in inspect.getsource(trl.GRPOTrainer._compute_loss)
+
+
+def test_verl_trajectory_side_defaults_of_the_chapter_9_box(verl):
+    """actor/actor.yaml (tau_pos, tau_neg, loss_mode), policy_loss registry (core_algos.py), ppo_trainer.yaml:84
+    (filter_groups off by default)."""
+    from verl.trainer.ppo import core_algos
+
+    actor = verl_yaml(verl, "actor/actor.yaml")
+    assert (actor["tau_pos"], actor["tau_neg"]) == (1.0, 1.05)
+    assert actor["policy_loss"]["loss_mode"] == "vanilla"
+    for mode in ("vanilla", "cispo", "sapo", "clip_cov", "kl_cov", "gpg"):
+        assert callable(core_algos.get_policy_loss_fn(mode)), mode
+    top = verl_yaml(verl, "ppo_trainer.yaml")
+    assert top["algorithm"]["filter_groups"]["enable"] is False

@@ -77,6 +77,8 @@ def _batch(group_size: int, *, seed: int = 0):
     spsq = (
         old.exp() ** 2 + (1 - old.exp() ** 2) * torch.rand(B, T, generator=g, dtype=F64)
     ) * mask
+    # token entropies of the current policy (with gradient in both losses), for an entropy bonus
+    entropy = 2 * torch.rand(B, T, generator=g, dtype=F64) * mask
     junk = 1e3 * (1 - mask)
     return {
         "B": B,
@@ -92,6 +94,7 @@ def _batch(group_size: int, *, seed: int = 0):
         "lengths": lengths,
         "greedy": greedy,
         "spsq": spsq + junk,
+        "entropy": entropy + junk,
     }
 
 
@@ -112,19 +115,28 @@ def _policygrad(method, d):
         sum_pi_squared=d["spsq"] if method.needs_sum_pi_squared else None,
     )
     logp = d["logp"].clone().requires_grad_(True)
+    ent = d["entropy"].clone().requires_grad_(True)
     adv = method.advantages(batch)
-    loss, _ = method.loss(logp, batch, adv)
+    loss, _ = pg.methods.policy_loss(method, logp, batch, adv, entropy=ent)
     (grad,) = torch.autograd.grad(loss, logp)
     returns = method.value_targets(batch) if method.needs_critic else None
     return {"adv": adv, "loss": loss.detach(), "grad": grad * d["mask"], "returns": returns, "batch": batch}
 
 
-def _verl_rewards(cfg, d):
+def _verl_rewards(cfg, d, method):
     """verl's token-level rewards: the outcome on the last response token, then (if configured) the KL
     in the reward as ``ray_trainer.apply_kl_penalty`` computes it."""
     mask, B = d["mask"], d["B"]
     scores = torch.zeros_like(mask)
-    scores[torch.arange(B), d["lengths"] - 1] = d["rewards"]
+    rewards = d["rewards"]
+    if "overlong_fraction" in method.extra:
+        # DAPO: verl's DAPO reward manager adds the soft overlong punishment to the score (configured
+        # per run, so not in the overrides; the package's overlong_penalty is pinned to that manager in
+        # test_reward_variants_parity.py::test_overlong_penalty_matches_verls_dapo_reward_manager)
+        T = d["T"]
+        cache = int(method.extra["overlong_fraction"] * T)
+        rewards = rewards + pg.reward_side.overlong_penalty(d["lengths"], T, cache)
+    scores[torch.arange(B), d["lengths"] - 1] = rewards
     if not cfg.algorithm.use_kl_in_reward:
         return scores
     kld = core_algos.kl_penalty(d["old"] * mask, d["ref"] * mask, kl_penalty=cfg.algorithm.kl_penalty) * mask
@@ -167,13 +179,20 @@ def _verl_actor_loss(cfg, d, advantages):
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     B, T, P, mask = d["B"], d["T"], d["P"], d["mask"]
     logp = d["logp"].clone().requires_grad_(True)
-    pieces = []
-    for i in range(B):
-        n = int(d["lengths"][i])
-        # the model's output at position k predicts token k + 1: response token j sits at P - 1 + j
-        row = torch.cat([torch.zeros(P - 1, dtype=F64), logp[i, :n], torch.zeros(1, dtype=F64)])
-        pieces.append(row)
-    flat = torch.cat(pieces)
+    ent = d["entropy"].clone()
+
+    def flatten(x):
+        pieces = []
+        for i in range(B):
+            n = int(d["lengths"][i])
+            # the model's output at position k predicts token k + 1: response token j sits at P - 1 + j
+            pieces.append(torch.cat([torch.zeros(P - 1, dtype=F64), x[i, :n], torch.zeros(1, dtype=F64)]))
+        return torch.cat(pieces)
+
+    flat = flatten(logp)
+    output = {"log_probs": flat}
+    if actor.entropy_coeff != 0:
+        output["entropy"] = flatten(ent)
     attention = torch.cat([torch.ones(B, P), mask.float()], dim=1).long()
     td = TensorDict(
         {
@@ -189,7 +208,7 @@ def _verl_actor_loss(cfg, d, advantages):
     )
     for key, value in (("dp_size", 1), ("batch_num_tokens", None), ("global_batch_size", None)):
         td.set_non_tensor(key, value)
-    loss, _ = losses.ppo_loss(actor, {"log_probs": flat}, td)
+    loss, _ = losses.ppo_loss(actor, output, td)
     (grad,) = torch.autograd.grad(loss, logp)
     return loss.detach(), grad * mask
 
@@ -216,7 +235,7 @@ def test_to_verl_settings_reproduce_the_method_in_verl(name):
     cfg = _compose(method)
     d = _batch(method.group_size)
     ours = _policygrad(method, d)
-    adv, returns = _verl_advantages(cfg, d, _verl_rewards(cfg, d))
+    adv, returns = _verl_advantages(cfg, d, _verl_rewards(cfg, d, method))
     tol = {"rtol": 1e-6, "atol": 1e-9}
     torch.testing.assert_close(ours["adv"], adv * d["mask"], **tol)
     loss, grad = _verl_actor_loss(cfg, d, adv)

@@ -32,10 +32,10 @@ import math
 
 import torch
 
-from .._checks import check_positive_int
+from .._checks import already_validated, check_positive_int
 from .._tensor import flat_grad, flat_params
 from ..rollout import RolloutBatch
-from ..trajectory_side.logprobs import token_log_probs
+from ..trajectory_side.logprobs import token_entropy, token_log_probs
 from .enumeration import ExactProblem, _check_policy
 from .group import MAX_GROUPS, binary_objective
 
@@ -150,26 +150,29 @@ def _greedy_index(problem: ExactProblem, old: torch.Tensor) -> torch.Tensor:
     return alive.to(torch.long).argmax(1)
 
 
-def _sum_pi_squared(problem: ExactProblem, policy: torch.nn.Module, dtype):
-    """Σ_v π_θ(v | x, y_<t)² for every pair and position: `(N, K, L)`, 0 where
-    masked."""
+def _position_stat(problem: ExactProblem, policy: torch.nn.Module, dtype, stat: str):
+    """A statistic of π_θ(· | x, y_<t) for every pair and position: `(N, K, L)`, 0
+    where masked. `stat`: `"sum_pi_squared"` (Σ_v π_v²) or `"entropy"`."""
     device = _check_policy(policy, "policy")
     prompts, completions = problem._pairs()
     with torch.no_grad():
         logits = policy(prompts.to(device), completions.to(device))
-        sq = torch.softmax(logits, dim=-1).square().sum(-1)
+        if stat == "entropy":
+            values = token_entropy(logits)
+        else:
+            values = torch.softmax(logits, dim=-1).square().sum(-1)
     N, K, L = problem.num_prompts, problem.num_completions, problem.completions.shape[1]
-    return (sq.reshape(N, K, L) * problem.mask.to(device)).to(dtype)
+    return (values.reshape(N, K, L) * problem.mask.to(device)).to(dtype)
 
 
 # -- the loss coefficients of every group ------------------------------------------
 def _rows(
-    problem, x_idx, comp_idx, old, ref, device, dtype, greedy=None, spsq=None
+    problem, x_idx, comp_idx, old, ref, device, dtype, greedy=None, spsq=None, ent=None
 ) -> tuple:
     """The fields of the batch of rows (prompt `x_idx[r]`, completion `comp_idx[r]`):
     prompts, completions, mask, old and reference log-probs, rewards, the reward
     components (one column: the reward), and where given the greedy completion's
-    reward `greedy (N,)` and Σπ² `spsq (N, K, L)`."""
+    reward `greedy (N,)`, Σπ² `spsq (N, K, L)` and the entropies `ent (N, K, L)`."""
     prompts = problem.prompts.to(device)
     prompts = prompts.reshape(prompts.shape[0], -1)[x_idx]
     mask = problem.mask.to(device=device, dtype=dtype)[comp_idx]
@@ -184,6 +187,7 @@ def _rows(
         rewards.unsqueeze(1),
         None if greedy is None else greedy[x_idx],
         None if spsq is None else spsq[x_idx, comp_idx],
+        None if ent is None else ent[x_idx, comp_idx],
     )
 
 
@@ -194,7 +198,7 @@ def _take(parts, rows: torch.Tensor) -> list:
 def _batch(parts, G: int, *, check: bool = True) -> RolloutBatch:
     """The batch of rows `parts`. `check=False` skips `RolloutBatch`'s validation, for
     the slices of one already validated batch (the per-group path runs thousands)."""
-    prompts, completions, mask, old, ref, rewards, comps, greedy, spsq = parts
+    prompts, completions, mask, old, ref, rewards, comps, greedy, spsq, ent = parts
     B = completions.shape[0]
     device = completions.device
     make = RolloutBatch if check else _unchecked_batch
@@ -211,6 +215,7 @@ def _batch(parts, G: int, *, check: bool = True) -> RolloutBatch:
         reward_components=comps,
         greedy_rewards=greedy,
         sum_pi_squared=spsq,
+        entropies=ent,
     )
 
 
@@ -287,9 +292,11 @@ def _all_coefficients(method, parts, n_groups: int, G: int):
             if float((c[probe] - alone).abs().max()) <= tol:
                 return c, f"batched ({rule})"
     out = torch.empty(n_groups, G, L, dtype=big.mask.dtype, device=big.mask.device)
-    for g in range(n_groups):
-        rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
-        out[g] = _coefficients(method, _batch(_take(parts, rows), G, check=False))
+    # every slice is part of `big`, validated above (its probes ran with full checks)
+    with already_validated():
+        for g in range(n_groups):
+            rows = torch.arange(g * G, (g + 1) * G, device=big.mask.device)
+            out[g] = _coefficients(method, _batch(_take(parts, rows), G, check=False))
     return out, "per group (the method's batch is not separable by groups)"
 
 
@@ -313,8 +320,10 @@ def method_update_moments(
     `reward_components` the reward's one column; for a method with `greedy_baseline`,
     `greedy_rewards` the reward of the prompt's greedy completion
     (`greedy_completions`), which depends on the prompt only; for one with
-    `needs_sum_pi_squared`, `sum_pi_squared` from the policy's distribution at every
-    position). The per-group update
+    `needs_sum_pi_squared`, `sum_pi_squared`, and for one with `needs_entropy`,
+    `entropies`, from the policy's distribution at every position). A method with an
+    entropy bonus is refused (ValueError): its extra term c ∇H is not a weight on the
+    sampled scores. The per-group update
 
         u = −∇_θ loss(group) = Σ_{i,t} c_{i,t} ∇_θ log π_θ(y_{i,t} | s_{i,t}),
         c_{i,t} = −∂ loss / ∂ log π_{i,t}
@@ -396,13 +405,21 @@ def method_update_moments(
     # rows: prompt-major, then group, then member
     x_idx = torch.arange(N, device=device).repeat_interleave(n_g * G)
     comp_idx = idx.reshape(-1).repeat(N)
-    greedy = spsq = None
+    if getattr(method, "has_entropy_bonus", False):
+        raise ValueError(
+            "its entropy bonus adds c ∇H, the gradient of the policy's entropy at the "
+            "sampled states, which is not a weight on the sampled tokens' scores (the "
+            "lab's estimator family)"
+        )
+    greedy = spsq = ent = None
     if getattr(method, "greedy_baseline", False):
         R = problem.rewards.to(device=device, dtype=dtype)
         greedy = R[torch.arange(N, device=device), _greedy_index(problem, old)]
     if getattr(method, "needs_sum_pi_squared", False):
-        spsq = _sum_pi_squared(problem, policy, dtype)
-    parts = _rows(problem, x_idx, comp_idx, old, ref, device, dtype, greedy, spsq)
+        spsq = _position_stat(problem, policy, dtype, "sum_pi_squared")
+    if getattr(method, "needs_entropy", False):
+        ent = _position_stat(problem, policy, dtype, "entropy")
+    parts = _rows(problem, x_idx, comp_idx, old, ref, device, dtype, greedy, spsq, ent)
     try:
         c, path = _all_coefficients(method, parts, N * n_g, G)
     except ValueError as err:
@@ -554,6 +571,11 @@ def _group_norm_constant(method, problem: ExactProblem, G: int) -> float | None:
     return G * float(aggregation_weights(mask, agg, dtype=torch.float64)[0, 0])
 
 
+#: Losses that drop tokens from GRPO's update (chapter 9): GRPO's implied objective
+#: does not apply to them.
+_TOKEN_FILTERS = ("clip_cov_method_loss", "high_entropy_method_loss")
+
+
 def _implied(method, problem: ExactProblem, policy, G: int):
     """`(name, objective or None)` for the methods whose implied objective the book
     knows; `(reason, None)` otherwise."""
@@ -575,6 +597,9 @@ def _implied(method, problem: ExactProblem, policy, G: int):
         if not equal:
             return "— (token-mean weighs by length)", None
         return f"J / {int(lengths[0])}", problem.objective(policy) / int(lengths[0])
+    loss_name = getattr(getattr(method.loss, "func", method.loss), "__name__", "")
+    if adv_name == "grpo_advantages" and loss_name in _TOKEN_FILTERS:
+        return "— (the loss drops tokens)", None
     if adv_name == "grpo_advantages":
         const = _group_norm_constant(method, problem, G)
         if const is None:

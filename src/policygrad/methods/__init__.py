@@ -2,8 +2,8 @@
 
 Every method sits in one registry: `base` holds the `Method` type and the registry
 (`get_method`); each family has its own module (`reinforce`, `ppo`, `rlhf`,
-`group_relative` for GRPO, `variants` for the reward-side variants after GRPO);
-importing this package registers them in that order.
+`group_relative` for GRPO, `variants` and `trajectory_variants` for the reward- and
+trajectory-side variants after GRPO); importing this package registers them in order.
 `recipes` and `frameworks` say how each runs in TRL and verl (`to_trl`, `to_verl`,
 `frameworks_table`).
 """
@@ -12,7 +12,17 @@ from __future__ import annotations
 
 # the order of these imports is the registration order
 # isort: off
-from . import recipes, base, reinforce, ppo, rlhf, group_relative, variants, frameworks
+from . import (
+    recipes,
+    base,
+    reinforce,
+    ppo,
+    rlhf,
+    group_relative,
+    variants,
+    trajectory_variants,
+    frameworks,
+)
 
 # isort: on
 from .base import (
@@ -25,6 +35,7 @@ from .base import (
     get_method,
     method_names,
     methods_table,
+    policy_loss,
     register,
 )
 from .frameworks import (
@@ -48,6 +59,7 @@ __all__ = [
     "rlhf",
     "group_relative",
     "variants",
+    "trajectory_variants",
     "recipes",
     "frameworks",
     "SIDES",
@@ -59,6 +71,7 @@ __all__ = [
     "get_method",
     "method_names",
     "methods_table",
+    "policy_loss",
     "reinforce_advantages",
     "batch_loo_advantages",
     "reinforce_loss",

@@ -30,6 +30,7 @@ __all__ = [
     "method_names",
     "methods_table",
     "framework_name",
+    "policy_loss",
 ]
 
 
@@ -81,7 +82,21 @@ class Method:
       sampled completion is counted in `samples`, the batches in `gen_batches`;
     * `mask_truncated` (DAPO's overlong filtering, TRL's `mask_truncated_completions`):
       completions that hit the length limit stay in their group's statistics but get
-      loss mask 0 (`policygrad.trajectory_side.truncation_loss_mask`).
+      loss mask 0 (`policygrad.trajectory_side.truncation_loss_mask`);
+    * `needs_entropy`: put the entropy of π_θ_old's next-token distribution at every
+      position, from the training forward's logits (detached), in `batch.entropies`
+      (the 80/20 filter reads it).
+
+    The entropy bonus is the one term of a loss that is not a function of the
+    log-probabilities of the sampled tokens (it needs the whole next-token
+    distribution), so it is not part of `loss`: `entropy_coef` c ≥ 0 adds
+    −c · aggregate(H) to it (`policy_loss`, which `train` calls), aggregated as the
+    method's `extra["aggregation"]` (token-mean when it has none: verl's
+    `loss_agg_mode` rule); `adaptive_entropy` (a dict of keyword arguments of
+    `policygrad.trajectory_side.AdaptiveEntropyController`, or None) replaces the
+    fixed c by that controller's coefficient, updated after every optimiser step with
+    the step's mean token entropy (TRL's `use_adaptive_entropy`). Chapter 9 ("Entropy
+    collapse").
 
     Methods with a critic (a learned value model) also give value_targets (the batch ->
     the critic's regression targets `(B, T)`) and value_loss
@@ -116,6 +131,14 @@ class Method:
     dynamic_sampling: bool = False
     max_gen_batches: int = 8
     mask_truncated: bool = False
+    needs_entropy: bool = False
+    entropy_coef: float = 0.0
+    adaptive_entropy: dict | None = None
+
+    @property
+    def has_entropy_bonus(self) -> bool:
+        """Whether its loss has an entropy bonus (a fixed or an adaptive one)."""
+        return self.entropy_coef > 0 or self.adaptive_entropy is not None
 
     @property
     def needs_critic(self) -> bool:
@@ -136,11 +159,33 @@ class Method:
             "needs_sum_pi_squared",
             "dynamic_sampling",
             "mask_truncated",
+            "needs_entropy",
         ):
             if not isinstance(getattr(self, attr), bool):
                 raise ValueError(
                     f"{attr} must be True or False, got {getattr(self, attr)!r}"
                 )
+        c = self.entropy_coef
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, (int, float))
+            or not 0 <= c < float("inf")
+        ):
+            raise ValueError(
+                f"entropy_coef must be a finite number >= 0, got {self.entropy_coef!r}"
+            )
+        if self.adaptive_entropy is not None:
+            from ..trajectory_side.filters import AdaptiveEntropyController
+
+            if not isinstance(self.adaptive_entropy, dict):
+                raise ValueError(
+                    "adaptive_entropy must be a dict of AdaptiveEntropyController "
+                    f"arguments or None, got {self.adaptive_entropy!r}"
+                )
+            try:
+                AdaptiveEntropyController(**self.adaptive_entropy)
+            except TypeError as err:
+                raise ValueError(f"adaptive_entropy: {err}") from None
         bad = [s for s in self.changes if s not in SIDES]
         if bad or len(set(self.changes)) != len(self.changes):
             raise ValueError(
@@ -163,6 +208,42 @@ class Method:
                     f"{attr} must be a Recipe or Unsupported for framework {attr!r} "
                     f"(or None), got {entry!r}"
                 )
+
+
+def policy_loss(
+    method: Method,
+    logp: torch.Tensor,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    *,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """The method's whole policy loss: `method.loss`, plus its entropy bonus.
+
+    `entropy (B, T)`: the token entropies of π_θ with gradient (`token_entropy` of the
+    training forward's logits); needed when the method has an entropy bonus, ignored
+    otherwise. `entropy_coef` overrides `method.entropy_coef` (the adaptive
+    controller's current coefficient). The bonus is
+    `policygrad.trajectory_side.entropy_bonus_loss(entropy, batch.loss_mask, c,
+    aggregation)` with the method's aggregation; stats gain `entropy_coef` and
+    `entropy_bonus` (the bonus term's value) when it has one.
+    """
+    loss, stats = method.loss(logp, batch, advantages)
+    if not method.has_entropy_bonus:
+        return loss, stats
+    from ..trajectory_side.filters import entropy_bonus_loss
+
+    if entropy is None:
+        raise ValueError(
+            f"method {method.name!r} has an entropy bonus: pass entropy= (the token "
+            "entropies of the policy, with gradient)"
+        )
+    c = method.entropy_coef if entropy_coef is None else entropy_coef
+    aggregation = method.extra.get("aggregation", "token-mean")
+    bonus = entropy_bonus_loss(entropy, batch.loss_mask, c, aggregation)
+    stats = dict(stats, entropy_coef=float(c), entropy_bonus=float(bonus.detach()))
+    return loss + bonus.to(loss.dtype), stats
 
 
 #: The registry: name -> `Method`.
@@ -196,7 +277,8 @@ def method_names() -> list[str]:
 def framework_name(entry: Recipe | Unsupported | None) -> str:
     """A short name for a method's entry in one framework.
 
-    The trainer and its key setting, or "—".
+    The trainer and its key setting (for verl also a `policy_loss.loss_mode` other than
+    the PPO clip `vanilla` and the plain `gpg`), or "—".
     """
     if not isinstance(entry, Recipe):
         return "—"
@@ -204,6 +286,9 @@ def framework_name(entry: Recipe | Unsupported | None) -> str:
     name = entry.trainer.rsplit(".", 1)[-1] if entry.framework == "trl" else ""
     value = entry.settings.get(key)
     setting = f"{key.rsplit('.', 1)[-1]}={value}" if value is not None else ""
+    mode = entry.settings.get("actor_rollout_ref.actor.policy_loss.loss_mode")
+    if entry.framework == "verl" and mode not in (None, "vanilla", "gpg"):
+        setting = f"{setting}, loss_mode={mode}" if setting else f"loss_mode={mode}"
     return (
         f"{name} ({setting})"
         if name and setting

@@ -80,6 +80,7 @@ def grpo_loss(
     beta: float = 0.04,
     kl_kind: str = "k3",
     aggregation: str = "seq-mean-token-mean",
+    eps_high: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """GRPO's loss (= −surrogate) as in DeepSeekMath, per token then aggregated:
 
@@ -88,7 +89,9 @@ def grpo_loss(
 
     with token ratios r = π_θ / π_old (`batch.old_log_probs`), the k3 estimate of
     KL(π_θ ‖ π_ref) against `batch.ref_log_probs` (needed when `beta > 0`), and
-    `aggregation` `"seq-mean-token-mean"` (the 1/|o_i| of the paper). Stats: those of
+    `aggregation` `"seq-mean-token-mean"` (the 1/|o_i| of the paper). `eps_high`
+    (default `eps`) sets the upper bound 1 + ε_high apart from the lower 1 − ε (DAPO's
+    clip-higher, chapter 9 ("The clip zoo")). Stats: those of
     `policygrad.trajectory_side.ppo_clip_loss` plus `kl_loss` (the KL term's value,
     before β). Derived in chapter 7 ("The DeepSeekMath objective").
     """
@@ -104,6 +107,7 @@ def grpo_loss(
         advantages,
         batch.loss_mask,
         eps_low=eps,
+        eps_high=eps_high,
         aggregation=aggregation,
     )
     if beta > 0:
@@ -131,6 +135,7 @@ def grpo_trl(
     group_size: int,
     beta: float,
     eps: float,
+    eps_high: float,
     scale: str | None,
     unbiased: bool,
     adv_eps: float,
@@ -159,7 +164,7 @@ def grpo_trl(
         "scale_rewards": "group" if scale == "std" else "none",
         "beta": float(beta),
         "epsilon": float(eps),
-        "epsilon_high": float(eps),
+        "epsilon_high": float(eps_high),
         "num_iterations": inner_epochs,
         "steps_per_generation": minibatches,
         "gradient_accumulation_steps": 1,
@@ -218,6 +223,7 @@ def grpo_verl(
     group_size: int,
     beta: float,
     eps: float,
+    eps_high: float,
     scale: str | None,
     unbiased: bool,
     adv_eps: float,
@@ -239,7 +245,7 @@ def grpo_verl(
         actor + "policy_loss.loss_mode": "vanilla",
         actor + "loss_agg_mode": aggregation,
         actor + "clip_ratio_low": float(eps),
-        actor + "clip_ratio_high": float(eps),
+        actor + "clip_ratio_high": float(eps_high),
         actor + "use_kl_loss": beta > 0,
         actor + "kl_loss_coef": float(beta),
         actor + "kl_loss_type": VERL_KL_NAMES[kl_kind],
@@ -302,13 +308,15 @@ def grpo(
     aggregation: str = "seq-mean-token-mean",
     inner_epochs: int = 1,
     minibatches: int = 1,
+    eps_high: float | None = None,
 ) -> Method:
     """Build a GRPO `Method` (not registered; `register` it to train by name).
 
     Reward side: `grpo_advantages` (group mean baseline, `scale`/`unbiased`/`adv_eps`
     std normalisation; outcome or per-step rewards); trajectory side: `grpo_loss` (PPO
     clip `eps` on token ratios, `aggregation`, β = `beta` times the `kl_kind` KL loss
-    against the reference). The defaults are DeepSeekMath's (Shao et al., 2024):
+    against the reference; `eps_high`, default `eps`, the upper clip bound 1 + ε_high:
+    DAPO's clip-higher). The defaults are DeepSeekMath's (Shao et al., 2024):
     β = 0.04, ε = 0.2, one policy update per batch; `group_size` is 8 here (64 in the
     paper).
     """
@@ -326,6 +334,14 @@ def grpo(
         raise ValueError(f"beta must be a finite non-negative number, got {beta!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
         raise ValueError(f"eps must be a number in [0, 1), got {eps!r}")
+    if eps_high is None:
+        eps_high = eps
+    if (
+        isinstance(eps_high, bool)
+        or not isinstance(eps_high, (int, float))
+        or not 0 <= eps_high < 1
+    ):
+        raise ValueError(f"eps_high must be a number in [0, 1), got {eps_high!r}")
     if scale not in ("std", None):
         raise ValueError(f"scale must be 'std' or None, got {scale!r}")
     if kl_kind not in KL_ESTIMATORS:
@@ -339,6 +355,7 @@ def grpo(
     adv_opts = {"scale": scale, "unbiased": unbiased, "eps": adv_eps}
     loss_opts = {
         "eps": eps,
+        "eps_high": eps_high,
         "beta": beta,
         "kl_kind": kl_kind,
         "aggregation": aggregation,
