@@ -176,3 +176,18 @@ def test_train_gives_an_80_20_method_the_sampling_policys_entropies():
     ent = pg.trajectory_side.token_entropy(logits)
     on = batch.mask.bool()
     torch.testing.assert_close(batch.entropies[on], ent[on].to(batch.entropies.dtype), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("builder, kw, match", [
+    (tv.dapo, {"overlong_fraction": 2.0}, "overlong_fraction"), (tv.dapo, {"overlong_factor": -1.0}, "overlong_factor"),
+    (tv.dapo, {"eps_high": 1.0}, "eps_high"), (tv.dapo, {"group_size": 1}, "group_size"),
+    (tv.sapo, {"tau_pos": 0.0}, "tau_pos"), (tv.sapo, {"tau_neg": float("nan")}, "tau_neg"),
+    (tv.clip_cov, {"ratio": 0.0}, "ratio"), (tv.clip_cov, {"lb": 5.0, "ub": 1.0}, "lb must be < ub"),
+    (tv.kl_cov, {"coef": -1.0}, "coef"), (tv.kl_cov, {"ratio": 2.0}, "ratio"),
+    (tv.high_entropy, {"top_fraction": 1.5}, "top_fraction"),
+    (tv.entropy_bonus, {"coef": -1.0}, "entropy_coef"), (tv.entropy_bonus, {"adaptive": {"target": "x"}}, "target"),
+])  # fmt: skip
+def test_the_builders_refuse_bad_settings_when_the_method_is_built(builder, kw, match):
+    """At construction, not at the first training step."""
+    with pytest.raises(ValueError, match=match):
+        builder(**kw)

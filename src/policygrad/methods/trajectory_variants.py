@@ -29,6 +29,7 @@ from ..reward_side.variants import overlong_penalty
 from ..rollout import RolloutBatch
 from ..trajectory_side.clips import cispo_loss, sapo_loss
 from ..trajectory_side.filters import (
+    _number,
     clip_cov_loss,
     high_entropy_token_mask,
     kl_cov_loss,
@@ -319,6 +320,8 @@ def dapo(
     `max_gen_batches` generation batches per step), `mask_truncated` gives the
     completions that hit the length limit loss mask 0 (overlong filtering).
     """
+    _number(overlong_fraction, "overlong_fraction", 0.0, 1.0)
+    _number(overlong_factor, "overlong_factor", 0.0)
     base = _base(
         name, group_size, eps, eps_high, "token-mean", inner_epochs, minibatches
     )
@@ -507,6 +510,8 @@ def sapo(
     clip (τ₊ for A > 0, τ₋ for A ≤ 0), seq-mean-token-mean, no KL. Defaults:
     both
     frameworks' (τ₊ = 1, τ₋ = 1.05)."""
+    for tau, what in ((tau_pos, "tau_pos"), (tau_neg, "tau_neg")):
+        _number(tau, what, 0.0, lo_open=True)
     base = _base(
         name, group_size, 0.2, 0.2, "seq-mean-token-mean", inner_epochs, minibatches
     )
@@ -568,6 +573,9 @@ def clip_cov(
     """Clip-Cov (Cui et al., 2025): PPO's clipped loss, token-mean, no KL, with the
     gradient of max(⌊ratio · n⌋, 1) random tokens among those whose covariance score
     lies in (`lb`, `ub`) removed. Defaults: verl's (2e-4, 1, 5)."""
+    _number(ratio, "ratio", 0.0, 1.0, lo_open=True)
+    if not _number(lb, "lb") < _number(ub, "ub"):
+        raise ValueError(f"lb must be < ub, got {lb} and {ub}")
     base = _base(
         name, group_size, eps, eps_high, "token-mean", inner_epochs, minibatches
     )
@@ -631,6 +639,8 @@ def kl_cov(
     """KL-Cov (Cui et al., 2025): the unclipped ratio loss, token-mean, no KL to the
     reference, with β |log r| on the max(⌊ratio · n⌋, 1) tokens of highest covariance.
     Defaults: verl's (`kl_cov_ratio` 2e-4, `ppo_kl_coef` 0.1)."""
+    _number(ratio, "ratio", 0.0, 1.0, lo_open=True)
+    _number(coef, "coef", 0.0)
     base = _base(name, group_size, 0.2, 0.2, "token-mean", inner_epochs, minibatches)
     verl = _amend(
         base.verl,
@@ -685,6 +695,7 @@ def high_entropy(
     """The 80/20 filter (Wang et al., 2025) on GRPO without KL, token-mean: only the
     `top_fraction` of the batch's tokens with the highest entropy under π_old keep
     their policy gradient (`high_entropy_method_loss`)."""
+    _number(top_fraction, "top_fraction", 0.0, 1.0)
     base = _base(
         name, group_size, eps, eps_high, "token-mean", inner_epochs, minibatches
     )
