@@ -2,15 +2,26 @@
 
 Per-token log-probabilities and entropies, the REINFORCE surrogate, importance ratios,
 PPO's clip family and the later clips (two-sided, CISPO, SAPO, with their gradient
-weights), aggregation modes, KL estimators, masks, and the filters of chapter 9
-(planned): dynamic sampling, truncation masks, high-entropy tokens, Clip-Cov, KL-Cov,
-the entropy bonus. Depends only on
+weights), aggregation modes, KL estimators, masks, and the filters of chapter 9: dynamic sampling, truncation masks, high-entropy tokens, Clip-Cov, KL-Cov,
+the entropy bonus; and the sequence-level ratio losses of chapter 10 (planned), GSPO's
+token form and GMPO. Depends only on
 `policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
 """
 
 from __future__ import annotations
 
-from . import aggregation, clips, filters, kl, logprobs, masks, ppo, ratios, surrogates
+from . import (
+    aggregation,
+    clips,
+    filters,
+    kl,
+    logprobs,
+    masks,
+    ppo,
+    ratios,
+    sequence_ratios,
+    surrogates,
+)
 from .aggregation import AGGREGATIONS, aggregate, aggregation_weights
 from .clips import (
     CISPO_VARIANTS,
@@ -39,6 +50,7 @@ from .logprobs import sequence_log_probs, token_entropy, token_log_probs
 from .masks import TokenLosses
 from .ppo import clip_loss, ppo_clip_loss, ppo_kl_penalty_loss
 from .ratios import LOG_RATIO_CLAMP, RATIO_LEVELS, log_ratios, safe_ratio
+from .sequence_ratios import gmpo_loss, gspo_token_loss
 from .surrogates import pg_surrogate, policy_gradient_loss, score_function_gradient
 
 __all__ = [
@@ -51,6 +63,9 @@ __all__ = [
     "kl",
     "clips",
     "filters",
+    "sequence_ratios",
+    "gspo_token_loss",
+    "gmpo_loss",
     "two_sided_clip_loss",
     "cispo_loss",
     "sapo_loss",

@@ -1,6 +1,6 @@
 """Aggregation: the named ways of turning per-token losses `(B, T)` into one number.
 
-Used from chapter 5 ("PPO: a pessimistic, clipped surrogate") on; chapter 9 (planned)
+Used from chapter 5 ("PPO: a pessimistic, clipped surrogate") on; chapter 9
 studies their length bias.
 """
 
@@ -90,7 +90,7 @@ def aggregate(
     `global_batch_size`; called without it, `agg_loss` divides by the number of
     non-empty rows); an entirely empty mask gives 0 with a zero gradient. The sum is
     taken in at least float32 (half-precision inputs are promoted). Used from chapter 5
-    ("PPO: a pessimistic, clipped surrogate") on (chapter 9, planned, studies
+    ("PPO: a pessimistic, clipped surrogate") on (chapter 9 studies
     their length bias).
     """
     m = check_per_token(per_token, mask, "per_token")

@@ -8,7 +8,7 @@ score times a scalar:
 
 (loss = −surrogate). The families differ only in the weight w(r, A), the factor in
 front of the score; `gradient_weight` gives it in closed form for each of them, and
-chapter 9 ("The clip zoo", planned) plots it against r for A > 0 and A < 0. The
+chapter 9 ("The clip zoo") plots it against r for A > 0 and A < 0. The
 plain policy gradient at θ = θ_old has w = r A = A.
 
 | family        | w(r, A), A > 0                   | w(r, A), A < 0            |
@@ -55,7 +55,7 @@ __all__ = [
     "gradient_weight",
 ]
 
-#: The families `gradient_weight` knows, in the order chapter 9 (planned) plots them.
+#: The families `gradient_weight` knows, in the order chapter 9 plots them.
 CLIP_FAMILIES = (
     "ppo",
     "clip-higher",
@@ -204,7 +204,7 @@ def two_sided_clip_loss(
     `per_token=True`); stats: `clip_frac` (trained tokens whose gradient the PPO side
     removed: A > 0, r > min(δ, 1 + ε_high) or A < 0, r < 1 − ε_low), `delta_clip_frac`
     (A < 0, r > max(δ, 1 + ε_high)), `approx_kl` (k3), `ratio_mean`, `ratio_max`.
-    Derived in chapter 9 ("The clip zoo", planned).
+    Derived in chapter 9 ("The clip zoo").
     """
     m, lr, A = _prepare(logp, old_logp, advantages, mask)
     if eps_low is None:
@@ -286,7 +286,7 @@ def cispo_loss(
     stats: `clip_frac` (trained tokens whose weight was clipped, ŵ(r) ≠ r, as verl's
     `pg_clipfrac` at `core_algos.py:2087`; TRL's `cispo_clip_ratio` counts only those
     with A > 0, `grpo_trainer.py:3285`), `approx_kl` (k3), `ratio_mean`, `ratio_max`.
-    Derived in chapter 9 ("The clip zoo", planned).
+    Derived in chapter 9 ("The clip zoo").
     """
     lo, hi = _check_cispo(variant, eps_low, eps_high, eps_max)
     m, lr, A = _prepare(logp, old_logp, advantages, mask)
@@ -347,8 +347,7 @@ def sapo_loss(
     Paper: "Soft Adaptive Policy Optimization" (2025), arXiv:2511.20347 (the URL in
     both frameworks' docstrings). `tau_pos`, `tau_neg` must be > 0. Returns
     `(loss, stats)` (`(loss, stats, TokenLosses)` with `per_token=True`); stats:
-    `approx_kl` (k3), `ratio_mean`, `ratio_max`. Derived in chapter 9 ("The clip zoo",
-    planned).
+    `approx_kl` (k3), `ratio_mean`, `ratio_max`. Derived in chapter 9 ("The clip zoo").
     """
     t_pos = _check_tau(tau_pos, "tau_pos")
     t_neg = _check_tau(tau_neg, "tau_neg")
@@ -414,8 +413,7 @@ def gradient_weight(
     weight is the one-sided value of the formulas above; autograd of the losses may
     split it there. `params` are the family's parameters listed above (an unknown one
     is a ValueError). Returns a tensor of the broadcast shape in the compute dtype
-    (float64 if either input is, else float32). Plotted in chapter 9 ("The clip zoo",
-    planned).
+    (float64 if either input is, else float32). Plotted in chapter 9 ("The clip zoo").
     """
     if family not in _PARAMS:
         raise ValueError(f"unknown family {family!r}; choose one of {CLIP_FAMILIES}")

@@ -21,7 +21,7 @@ Conventions as in the rest of the trajectory side: per-token tensors `(B, T)` wi
 0/1 `mask`; padded positions may hold anything (they are selected away); loss =
 −surrogate; bad input is a `ValueError`; nothing returns NaN. Framework facts are
 quoted from the installed TRL 1.16 (`trl/trainer/...`) and verl 0.9.1
-(`verl/...`) sources. Used in chapter 9 (planned).
+(`verl/...`) sources. Used in chapter 9.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     (`verl/trainer/ppo/v1/replay_buffer.py:312`), exact equality of the float64
     metric; the DAPO recipe keeps groups with `std > 0 or len == 1`. Differences: the
     tolerance above (`0.1 + 0.2` and `0.3` count as equal here), and `group_size = 1`
-    raises here, where verl keeps singleton groups. Used in chapter 9 (planned).
+    raises here, where verl keeps singleton groups. Used in chapter 9.
     """
     G = _group_size(group_size)
     check_float(rewards, "rewards", 1)
@@ -132,7 +132,7 @@ def expected_draws_per_informative_group(p, group_size: int) -> torch.Tensor:
     (q = 0) and the draws never end: the result is `inf` (the expectation diverges),
     not an error, so a sweep over p ∈ [0, 1] can be plotted. `group_size = 1` raises
     (q = 0 for every p); `p` outside [0, 1] or non-finite raises. Float64 result.
-    Used in chapter 9 (planned).
+    Used in chapter 9.
     """
     G = _group_size(group_size)
     p = (
@@ -205,7 +205,7 @@ def fill_informative(
     `ReplayBuffer` instead refills evicted groups prompt by prompt and ignores
     `max_num_gen_batches` with a warning
     (`verl/trainer/ppo/v1/trainer_base.py:205-211`);
-    TRL 1.16 has no dynamic sampling. Used in chapter 9 (planned).
+    TRL 1.16 has no dynamic sampling. Used in chapter 9.
     """
     target = check_positive_int(target_groups, "target_groups")
     G = _group_size(group_size)
@@ -275,8 +275,7 @@ def truncation_loss_mask(
     rows whose last token is neither EOS nor pad
     (`trl/trainer/grpo_trainer.py:2488-2492`);
     the masked `completion_mask` also feeds `num_items_in_batch` (line 2498), and
-    `get_high_entropy_mask` then only sees the remaining tokens. Used in chapter 9
-    (planned).
+    `get_high_entropy_mask` then only sees the remaining tokens. Used in chapter 9.
     """
     check_tensor(loss_mask, "loss_mask", 2)
     m = check_token_mask(loss_mask, loss_mask.shape, "loss_mask")
@@ -336,7 +335,7 @@ def high_entropy_token_mask(
     computes the quantile in float32 whatever the input dtype (here: the input's
     dtype, identical for float32 entropies); TRL's default ρ is 1.0
     (`trl/trainer/grpo_config.py:866-867`), 0.2 here (the paper's). verl 0.9.1 has no
-    such filter. Used in chapter 9 (planned).
+    such filter. Used in chapter 9.
     """
     check_float(entropy, "entropy", 2)
     m = check_per_token(entropy, mask, "entropy")
@@ -403,7 +402,7 @@ def clip_cov_selection(
     (`verl/trainer/ppo/core_algos.py:1810-1828`; defaults ratio 0.0002, lb 1, ub 5 at
     `verl/workers/config/actor.py:95-97`). Difference: verl's means divide by
     n + 1e-8 (`masked_mean`, `verl/utils/torch_functional.py:308`), these by n.
-    Used in chapter 9 (planned).
+    Used in chapter 9.
     """
     m, old, A = _check_cov_inputs(logp, old_logp, advantages, mask)
     ratio_k = _number(clip_cov_ratio, "clip_cov_ratio", 0.0, 1.0, lo_open=True)
@@ -478,7 +477,7 @@ def clip_cov_loss(
     (`verl/trainer/ppo/core_algos.py:1744-1845`; `pg_losses = max(pg_losses1,
     pg_losses2) * corr`, line 1832). Differences: the ratio is `safe_ratio`'s
     (log-ratio clamped to ±20, verl none); verl's `ppo_kl` metric is the k1 mean
-    (line 1799), `approx_kl` here the k3. Used in chapter 9 (planned).
+    (line 1799), `approx_kl` here the k3. Used in chapter 9.
     """
     sel = clip_cov_selection(
         logp,
@@ -532,7 +531,7 @@ def kl_cov_selection(
     `compute_policy_loss_kl_cov` (`verl/trainer/ppo/core_algos.py:1897-1913`:
     `torch.topk(cov_lst_all, k_percent_nums)` over the trained tokens, whose means are
     plain `.mean()`s; default ratio 0.0002, `verl/workers/config/actor.py:98`); verl's
-    `topk` leaves the order of ties unspecified. Used in chapter 9 (planned).
+    `topk` leaves the order of ties unspecified. Used in chapter 9.
     """
     m = check_per_token(logp, mask, "logp")
     A = check_constant(advantages, logp, "advantages", m)
@@ -583,7 +582,7 @@ def kl_cov_loss(
     ppo_kl_coef * abs_kl`, line 1894). The default β = 0.1 is verl's config default
     `ppo_kl_coef` (`verl/workers/config/actor.py:99`; the function itself falls back to
     1.0 only when the config holds None, line 1885). Difference: the ratio is
-    `safe_ratio`'s (clamped at ±20). Used in chapter 9 (planned).
+    `safe_ratio`'s (clamped at ±20). Used in chapter 9.
     """
     beta = _number(kl_coef, "kl_coef", 0.0)
     sel = kl_cov_selection(logp, advantages, mask, kl_cov_ratio=kl_cov_ratio)
@@ -639,7 +638,7 @@ def entropy_bonus_loss(
     as here with the same `aggregation`. TRL 1.16: `loss - coef * (entropies *
     mask).sum() / mask.sum().clamp(min=1)` (`trl/trainer/grpo_trainer.py:3199-3211`),
     always the token mean, over the high-entropy tokens when `top_entropy_quantile <
-    1.0` (pass that mask here). Used in chapter 9 (planned).
+    1.0` (pass that mask here). Used in chapter 9.
     """
     c = _number(coef, "coef", 0.0)
     m = check_per_token(entropy, mask, "entropy")
@@ -670,7 +669,7 @@ class AdaptiveEntropyController:
     1.0, `entropy_coef_delta` 0.005, `entropy_target` 0.2 (lines 876-907). TRL
     measures H as the token mean over the tokens of the accumulation window (all
     ranks); pass that number to `update`. verl 0.9.1 has only a fixed `entropy_coeff`.
-    Used in chapter 9 (planned).
+    Used in chapter 9.
     """
 
     def __init__(
