@@ -292,7 +292,7 @@ def test_history_has_the_documented_columns(G):
     assert [r["samples"] for r in h.rows] == [8 * G * i for i in range(6)]
     assert h.series("heldout_accuracy")[0] == [0, 2, 4, 5]  # before, every eval_every, after the last
     optional = {"heldout_accuracy", "zero_var_groups", "clip_frac", "approx_kl", "value_loss", "explained_variance",
-                "greedy_samples", "gen_batches", "entropy_coef", "entropy_bonus"}
+                "greedy_samples", "gen_batches", "entropy_coef", "entropy_bonus", "rollout_log_ratio_std"}
     every = set(METRICS) - optional - {"kl_ref", "skipped"}  # kl_ref: REINFORCE does not need the reference
     for r in h.rows[1:]:
         assert every <= set(r), set(every) - set(r)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import csv
 import io
@@ -236,6 +237,9 @@ METRICS = {
     "rollout_kl": "mean per-token k3 estimate of KL(sampler || trainer): the sampler's "
     "log-probs against the trained policy's teacher-forced ones on the same tokens "
     "(0 in exact arithmetic)",
+    "rollout_log_ratio_std": "standard deviation over the trained tokens of log "
+    "pi_trainer - log pi_sampler (only with a separate sampler: sampler_dtype or "
+    "stale_steps)",
     "length": "mean completion length in tokens (EOS included)",
     "truncated": "fraction of completions that hit the length limit without EOS",
     "zero_var_groups": "fraction of prompt groups whose G rewards are all equal "
@@ -479,6 +483,8 @@ def train(
     critic_lr: float | None = None,
     kl_ref: bool | None = None,
     on_nonfinite: str = "raise",
+    sampler_dtype: torch.dtype | None = None,
+    stale_steps: int = 0,
 ) -> History:
     """Train a language-model `policy` on `task` with `method`.
 
@@ -539,6 +545,16 @@ def train(
     minibatch's forward, with gradient, in `policy_loss`; an adaptive one keeps one
     `AdaptiveEntropyController` for the run, updated after every optimiser step with
     the minibatch's mean token entropy (the `entropy_coef` column).
+
+    A sampler that differs from the trainer (chapter 10, planned): by default the
+    policy samples its own completions. `sampler_dtype` (e.g. `torch.bfloat16`) samples
+    from a copy of the policy cast to that dtype, as an inference engine in lower
+    precision does; `stale_steps=k` samples from the weights of k steps ago (the first
+    k steps from the initial weights), as asynchronous RL does. Either way the trainer
+    recomputes `old_log_probs` with the current policy in its own dtype, the sampler's
+    log-probs are `batch.rollout_log_probs`, and the `rollout_kl` and
+    `rollout_log_ratio_std` columns measure the mismatch. The sampler draws from the
+    same generator, so the run's random numbers are those of a plain run.
 
     Every optimiser step checks the loss, the gradient norm (policy and critic) and,
     after the step, the parameters for NaN/inf. `on_nonfinite="raise"` (default) stops
@@ -622,6 +638,22 @@ def train(
     if on_nonfinite not in NONFINITE:
         raise ValueError(
             f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}"
+        )
+    if sampler_dtype is not None and (
+        not isinstance(sampler_dtype, torch.dtype)
+        or not sampler_dtype.is_floating_point
+    ):
+        raise ValueError(
+            "sampler_dtype must be a floating torch.dtype (e.g. torch.bfloat16) or "
+            f"None, got {sampler_dtype!r}"
+        )
+    if (
+        isinstance(stale_steps, bool)
+        or not isinstance(stale_steps, int)
+        or (stale_steps < 0)
+    ):
+        raise ValueError(
+            f"stale_steps must be a non-negative integer, got {stale_steps!r}"
         )
     if method.dynamic_sampling and G < 2:
         raise ValueError(
@@ -708,14 +740,35 @@ def train(
         f"or max_grad_norm is off ({max_grad_norm})"
     )
 
+    # the sampler: the policy itself, or a copy in another dtype and/or k steps behind
+    own_sampler = sampler_dtype is None and stale_steps == 0
+    sampler = policy if own_sampler else copy.deepcopy(policy)
+    # the policy's weights after each of the last stale_steps + 1 steps
+    versions: collections.deque = collections.deque(maxlen=stale_steps + 1)
+
+    def refresh_sampler() -> None:
+        if own_sampler:
+            return
+        state = versions[0] if len(versions) > stale_steps else None
+        with torch.no_grad():
+            source = policy.state_dict() if stale_steps == 0 else state
+            if source is not None:  # else: still the initial weights
+                sampler.load_state_dict(source)
+        if sampler_dtype is not None:
+            sampler.to(sampler_dtype)
+
+    if not own_sampler:
+        refresh_sampler()
+
     def draw(step: int) -> tuple:
         """One generation batch: problems, their prompts, G samples each, rewards and
         reward components (None for a single-reward task)."""
         problems = task.sample_problems(prompts_per_step, g)
         prompts = task.encode_prompts(problems).to(device)
         policy.eval()
+        sampler.eval()
         try:
-            samples = policy.sample(
+            samples = sampler.sample(
                 prompts,
                 max_new_tokens=task.max_new_tokens,
                 eos=eos,
@@ -956,6 +1009,12 @@ def train(
                         critic_opt.step()
                         value_losses.append(vloss.item())
         samples_seen += sampled_now
+        if not own_sampler:  # the sampler of the next step
+            if stale_steps > 0:
+                versions.append(
+                    {k: v.detach().clone() for k, v in policy.state_dict().items()}
+                )
+            refresh_sampler()
         lm = batch.mask
         row = {
             "step": step,
@@ -974,6 +1033,10 @@ def train(
         row["rollout_kl"] = kl_loss(
             batch.rollout_log_probs, batch.old_log_probs, lm, kind="k3"
         ).item()
+        if not own_sampler:
+            on = lm != 0
+            gap = (batch.old_log_probs - batch.rollout_log_probs.to(torch.float64))[on]
+            row["rollout_log_ratio_std"] = float(gap.std()) if gap.numel() > 1 else 0.0
         row["length"] = batch.lengths.mean().item()
         row["truncated"] = batch.truncated.double().mean().item()
         if G >= 2:
