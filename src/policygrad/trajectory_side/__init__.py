@@ -1,11 +1,11 @@
 """The trajectory side: how the score ∇_θ log p_θ(τ) is formed and aggregated.
 
-Per-token log-probabilities and entropies, the REINFORCE surrogate, importance ratios,
-PPO's clip family and the later clips (two-sided, CISPO, SAPO, with their gradient
-weights), aggregation modes, KL estimators, masks, and the filters of chapter 9: dynamic sampling, truncation masks, high-entropy tokens, Clip-Cov, KL-Cov,
-the entropy bonus; and the sequence-level ratio losses of chapter 10 (planned), GSPO's
-token form and GMPO. Depends only on
-`policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
+Log-probabilities, entropies, the REINFORCE surrogate, importance ratios, PPO's clip and
+the later clips, aggregations, KL estimators and masks; chapter 9's filters (dynamic
+sampling, truncation, high-entropy tokens, Clip-Cov, KL-Cov, the entropy bonus);
+chapter 10's (planned) sequence-ratio losses (GSPO-token, GMPO) and sampler/trainer
+corrections (truncated and masked IS, off-policy and rejection masks). Depends only
+on `policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import (
     aggregation,
     clips,
+    corrections,
     filters,
     kl,
     logprobs,
@@ -30,6 +31,15 @@ from .clips import (
     gradient_weight,
     sapo_loss,
     two_sided_clip_loss,
+)
+from .corrections import (
+    CORRECTION_LEVELS,
+    REJECTION_STATISTICS,
+    masked_is_weights,
+    off_policy_sequence_mask,
+    rejection_mask,
+    rollout_log_ratios,
+    truncated_is_weights,
 )
 from .filters import (
     AdaptiveEntropyController,
@@ -64,6 +74,14 @@ __all__ = [
     "clips",
     "filters",
     "sequence_ratios",
+    "corrections",
+    "CORRECTION_LEVELS",
+    "REJECTION_STATISTICS",
+    "rollout_log_ratios",
+    "truncated_is_weights",
+    "masked_is_weights",
+    "off_policy_sequence_mask",
+    "rejection_mask",
     "gspo_token_loss",
     "gmpo_loss",
     "two_sided_clip_loss",
