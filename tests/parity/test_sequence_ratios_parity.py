@@ -16,7 +16,17 @@ from __future__ import annotations
 import pytest
 import torch
 from _frameworks import require
-from test_clips_parity import B, MODES, T, actor_config, close, make_inputs, ours, trl_self, value_and_grad
+from test_clips_parity import (
+    MODES,
+    B,
+    T,
+    actor_config,
+    close,
+    make_inputs,
+    ours,
+    trl_self,
+    value_and_grad,
+)
 
 require("verl")
 trl = require("trl")
@@ -64,7 +74,6 @@ def test_gmpo_matches_verls_geo_mean(inp, bounds, mode):
 
 @pytest.mark.parametrize("eps_high", [0.2, 0.28])
 def test_gspo_token_is_trls_sequence_level_gspo_for_row_advantages(eps_high):
-    from types import SimpleNamespace
 
     base = make_inputs(seed=5)
     real = base.mask.bool()
