@@ -83,3 +83,41 @@ def test_bad_sampler_settings_are_value_errors(kw, match):
     policy, _ = pg.load_warm_start("addition")
     with pytest.raises(ValueError, match=match):
         train(policy, TASK, "grpo", **RUN, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.7), dict(top_k=3), dict(temperature=1.5, top_k=5)])
+def test_a_tempered_or_truncated_sampler_reports_its_own_log_probs(kw):
+    """``sample(temperature=, top_k=)``: ``log_probs`` stay the policy's (temperature 1), ``sampler_log_probs`` are
+    those of the distribution the tokens came from, checked by teacher forcing with the same logits."""
+    policy, _ = pg.load_warm_start("addition")
+    prompts = TASK.encode_prompts(TASK.sample_problems(4, torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(2)
+    s = policy.sample(prompts, max_new_tokens=TASK.max_new_tokens, eos=TASK.tokenizer.eos_id, generator=g, group_size=3, **kw)
+    assert s.sampler_log_probs is not None
+    with torch.no_grad():
+        logits = policy(prompts.repeat_interleave(3, 0), s.completions)
+    z = logits / kw.get("temperature", 1.0)
+    k = kw.get("top_k")
+    if k is not None:
+        kth = torch.topk(z, k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    on = s.mask != 0
+    want_q = torch.log_softmax(z, -1).gather(-1, s.completions[..., None])[..., 0]
+    want_p = torch.log_softmax(logits, -1).gather(-1, s.completions[..., None])[..., 0]
+    torch.testing.assert_close(s.sampler_log_probs[on], want_q[on], atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.log_probs[on], want_p[on], atol=1e-5, rtol=0)
+    assert bool((s.sampler_log_probs[~on] == 0).all())
+    assert float((s.sampler_log_probs - s.log_probs)[on].abs().max()) > 1e-3  # they really differ
+    batch = pg.rollout.RolloutBatch.from_samples(s, torch.zeros(len(s)), group_size=3)
+    assert torch.equal(batch.rollout_log_probs, s.sampler_log_probs)
+
+
+def test_an_untempered_sampler_has_no_separate_log_probs_and_train_logs_the_tempered_gap():
+    policy, _ = pg.load_warm_start("addition")
+    prompts = TASK.encode_prompts(TASK.sample_problems(2, torch.Generator().manual_seed(1)))
+    s = policy.sample(prompts, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    assert s.sampler_log_probs is None
+    h = train(policy, TASK, "grpo", temperature=0.8, **RUN)
+    assert all(x > 1e-3 for x in h["rollout_kl"]) and all(x > 1e-2 for x in h["rollout_log_ratio_std"])
+    with pytest.raises(ValueError, match="top_k"):
+        train(policy, TASK, "grpo", top_k=0, **RUN)

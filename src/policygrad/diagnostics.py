@@ -31,6 +31,7 @@ __all__ = [
     "windowed_comparison",
     "prompt_value_share",
     "exact_pass_at_k",
+    "sampler_mismatch",
 ]
 
 
@@ -571,3 +572,100 @@ def windowed_comparison(
             diff = {s: by_method[name][s] - by_method[ref][s] for s in seeds}
             out.append(row(f"{name} - {ref}", diff))
     return out
+
+
+def sampler_mismatch(
+    policy: torch.nn.Module,
+    task,
+    *,
+    sampler: torch.nn.Module | None = None,
+    sampler_dtype: torch.dtype | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    prompts: int = 32,
+    group_size: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How far a sampler is from the trainer on one batch of `task`'s problems.
+
+    The sampler (`sampler`, default `policy` itself; cast to `sampler_dtype` when
+    given, on a copy) draws `group_size` completions for each of `prompts` training
+    problems at `temperature` and `top_k`, from a CPU generator seeded with `seed`;
+    its log-probs of the drawn tokens are those of the distribution it drew from. The
+    trainer is `policy` as it is (teacher-forced, no gradient). With
+    log ρ_t = log π_trainer(y_t) − log π_sampler(y_t) on the trained tokens:
+
+    * `token_kl_k1`, `token_kl_k3`: mean of −log ρ and of ρ − 1 − log ρ, the k1 and
+      k3 estimates of KL(π_sampler ‖ π_trainer) per token;
+    * `log_ratio_std`, `log_ratio_max_abs`: the spread and the largest |log ρ_t|;
+    * `seq_log_ratio_std`: the standard deviation of Σ_t log ρ_t over completions (the
+      log of the sequence importance weight);
+    * `seq_weight_outside_2`: the fraction of completions whose sequence weight Π_t ρ_t
+      lies outside [1/2, 2];
+    * `length`: the mean completion length.
+
+    Chapter 10 ("The mismatch, measured").
+    """
+    from .lm.tasks import Task
+
+    if not isinstance(policy, torch.nn.Module):
+        raise ValueError(
+            f"policy must be a torch.nn.Module, got {type(policy).__name__}"
+        )
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task, got {type(task).__name__}")
+    if sampler is not None and not isinstance(sampler, torch.nn.Module):
+        raise ValueError(
+            f"sampler must be a torch.nn.Module or None, got {type(sampler).__name__}"
+        )
+    if sampler_dtype is not None and (
+        not isinstance(sampler_dtype, torch.dtype)
+        or not sampler_dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"sampler_dtype must be a floating torch.dtype or None, got {sampler_dtype!r}"
+        )
+    check_positive_int(prompts, "prompts")
+    G = check_positive_int(group_size, "group_size")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    draw = policy if sampler is None else sampler
+    if sampler_dtype is not None:
+        draw = copy.deepcopy(draw).to(sampler_dtype)
+    g = torch.Generator().manual_seed(seed)
+    problems = task.sample_problems(prompts, g)
+    device = next(policy.parameters()).device
+    x = task.encode_prompts(problems).to(device)
+    was = policy.training, draw.training
+    policy.eval()
+    draw.eval()
+    try:
+        with torch.no_grad():
+            s = draw.sample(
+                x,
+                max_new_tokens=task.max_new_tokens,
+                eos=task.tokenizer.eos_id,
+                temperature=temperature,
+                top_k=top_k,
+                generator=g,
+                group_size=G,
+            )
+            lq = s.log_probs if s.sampler_log_probs is None else s.sampler_log_probs
+            logits = policy(s.prompts, s.completions, group_size=G)
+            lp = token_log_probs(logits, s.completions)
+    finally:
+        policy.train(was[0])
+        draw.train(was[1])
+    on = s.mask != 0
+    lr = torch.where(on, lp.double() - lq.double(), 0.0)
+    tok = lr[on]
+    seq = lr.sum(-1)
+    return {
+        "token_kl_k1": float((-tok).mean()),
+        "token_kl_k3": float((torch.expm1(tok) - tok).mean()),
+        "log_ratio_std": float(tok.std()) if tok.numel() > 1 else 0.0,
+        "log_ratio_max_abs": float(tok.abs().max()),
+        "seq_log_ratio_std": float(seq.std()) if seq.numel() > 1 else 0.0,
+        "seq_weight_outside_2": float((seq.abs() > math.log(2.0)).double().mean()),
+        "length": float(on.sum(-1).double().mean()),
+    }

@@ -25,9 +25,13 @@ class Samples:
     * `prompts`: `(B,)` prompt ids (or `(B, P)` prompt tokens for a language model);
     * `completions`: `(B, T)` token ids;
     * `mask`: `(B, T)` 1 on real completion tokens, 0 on padding;
-    * `log_probs`: `(B, T)` per-token log-probabilities under the sampling policy (no
+    * `log_probs`: `(B, T)` per-token log-probabilities under the policy (no
       gradient, 0 on padding);
-    * `truncated`: `(B,)` True where the completion hit the length limit before ending.
+    * `truncated`: `(B,)` True where the completion hit the length limit before ending;
+    * `sampler_log_probs`: `(B, T)` or None, the log-probabilities under the
+      distribution the tokens were actually drawn from when it is not the policy's
+      (a temperature other than 1, or top-k; 0 on padding). None: the same as
+      `log_probs`.
     """
 
     prompts: torch.Tensor
@@ -35,6 +39,7 @@ class Samples:
     mask: torch.Tensor
     log_probs: torch.Tensor
     truncated: torch.Tensor
+    sampler_log_probs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_tensor(self.completions, "completions", 2)
@@ -60,6 +65,13 @@ class Samples:
             raise ValueError(
                 f"truncated must have shape {(B,)}, got {tuple(self.truncated.shape)}"
             )
+        if self.sampler_log_probs is not None:
+            check_tensor(self.sampler_log_probs, "sampler_log_probs", 2)
+            if self.sampler_log_probs.shape != (B, T):
+                raise ValueError(
+                    f"sampler_log_probs must have shape {(B, T)}, "
+                    f"got {tuple(self.sampler_log_probs.shape)}"
+                )
 
     def __len__(self) -> int:
         return self.completions.shape[0]
@@ -317,9 +329,10 @@ class RolloutBatch:
         """Wrap sampler output, laid out as by `sample(group_size=G)`.
 
         Rows `i*G .. i*G+G-1` form group `i`. `loss_mask` defaults to the completion
-        mask; `rollout_log_probs` are the sampler's log-probs; `old_log_probs` default
-        to them too (pass the trainer's recomputed ones, as `policygrad.train.train`
-        does); `values` are a critic's values of the sampled states; `greedy_rewards`,
+        mask; `rollout_log_probs` are the sampler's log-probs
+        (`samples.sampler_log_probs` when set, else `samples.log_probs`);
+        `old_log_probs` default to the policy's, `samples.log_probs` (pass the
+        trainer's recomputed ones, as `policygrad.train.train` does); `values` are a critic's values of the sampled states; `greedy_rewards`,
         `reward_components`, `sum_pi_squared` and `entropies` go to the fields of
         those names
         (None: absent). Tensors that the batch keeps are detached.
@@ -346,7 +359,11 @@ class RolloutBatch:
             group_ids=torch.arange(B // G, device=device).repeat_interleave(G),
             truncated=samples.truncated,
             values=None if values is None else values.detach(),
-            rollout_log_probs=samples.log_probs.detach(),
+            rollout_log_probs=(
+                samples.log_probs
+                if samples.sampler_log_probs is None
+                else samples.sampler_log_probs
+            ).detach(),
             greedy_rewards=_detach(greedy_rewards),
             reward_components=_detach(reward_components),
             sum_pi_squared=_detach(sum_pi_squared),

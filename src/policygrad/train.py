@@ -238,8 +238,8 @@ METRICS = {
     "log-probs against the trained policy's teacher-forced ones on the same tokens "
     "(0 in exact arithmetic)",
     "rollout_log_ratio_std": "standard deviation over the trained tokens of log "
-    "pi_trainer - log pi_sampler (only with a separate sampler: sampler_dtype or "
-    "stale_steps)",
+    "pi_trainer - log pi_sampler (only when the sampler differs from the policy: "
+    "sampler_dtype, stale_steps, a temperature other than 1 or top_k)",
     "length": "mean completion length in tokens (EOS included)",
     "truncated": "fraction of completions that hit the length limit without EOS",
     "zero_var_groups": "fraction of prompt groups whose G rewards are all equal "
@@ -476,6 +476,7 @@ def train(
     eval_problems: Sequence[Problem] | None = None,
     reference: torch.nn.Module | None = None,
     temperature: float = 1.0,
+    top_k: int | None = None,
     seed: int = 0,
     progress: bool = False,
     history: History | None = None,
@@ -546,10 +547,13 @@ def train(
     `AdaptiveEntropyController` for the run, updated after every optimiser step with
     the minibatch's mean token entropy (the `entropy_coef` column).
 
-    A sampler that differs from the trainer (chapter 10, planned): by default the
-    policy samples its own completions. `sampler_dtype` (e.g. `torch.bfloat16`) samples
-    from a copy of the policy cast to that dtype, as an inference engine in lower
-    precision does; `stale_steps=k` samples from the weights of k steps ago (the first
+    A sampler that differs from the trainer (chapter 10): by default the
+    policy samples its own completions. A `temperature` other than 1 or a `top_k`
+    makes the sampler differ from the policy the loss assumes (π_θ at temperature 1):
+    `batch.rollout_log_probs` are then the log-probs of the tempered, truncated
+    distribution the tokens were drawn from. `sampler_dtype` (e.g.
+    `torch.bfloat16`) samples from a copy of the policy cast to that dtype, as an
+    inference engine in lower precision does; `stale_steps=k` samples from the weights of k steps ago (the first
     k steps from the initial weights), as asynchronous RL does. Either way the trainer
     recomputes `old_log_probs` with the current policy in its own dtype, the sampler's
     log-probs are `batch.rollout_log_probs`, and the `rollout_kl` and
@@ -655,6 +659,8 @@ def train(
         raise ValueError(
             f"stale_steps must be a non-negative integer, got {stale_steps!r}"
         )
+    if top_k is not None:
+        check_positive_int(top_k, "top_k")
     if method.dynamic_sampling and G < 2:
         raise ValueError(
             f"method {method.name!r} uses dynamic sampling, which keeps groups whose "
@@ -742,6 +748,7 @@ def train(
 
     # the sampler: the policy itself, or a copy in another dtype and/or k steps behind
     own_sampler = sampler_dtype is None and stale_steps == 0
+    tempered = not (temperature == 1 and top_k is None)
     sampler = policy if own_sampler else copy.deepcopy(policy)
     # the policy's weights after each of the last stale_steps + 1 steps
     versions: collections.deque = collections.deque(maxlen=stale_steps + 1)
@@ -773,6 +780,7 @@ def train(
                 max_new_tokens=task.max_new_tokens,
                 eos=eos,
                 temperature=temperature,
+                top_k=top_k,
                 generator=g,
                 group_size=G,
             )
@@ -1033,7 +1041,7 @@ def train(
         row["rollout_kl"] = kl_loss(
             batch.rollout_log_probs, batch.old_log_probs, lm, kind="k3"
         ).item()
-        if not own_sampler:
+        if not own_sampler or tempered:
             on = lm != 0
             gap = (batch.old_log_probs - batch.rollout_log_probs.to(torch.float64))[on]
             row["rollout_log_ratio_std"] = float(gap.std()) if gap.numel() > 1 else 0.0

@@ -585,3 +585,64 @@ def test_verl_trajectory_side_defaults_of_the_chapter_9_box(verl):
         assert callable(core_algos.get_policy_loss_fn(mode)), mode
     top = verl_yaml(verl, "ppo_trainer.yaml")
     assert top["algorithm"]["filter_groups"]["enable"] is False
+
+
+# ------------------------------------------------------------------ chapter 10's box (off-policy training)
+
+
+def test_trl_off_policy_defaults_of_the_chapter_10_box(trl):
+    """grpo_config.py:760 (importance_sampling_level), 925-970 (the vLLM importance-sampling correction: on by
+    default, mode "sequence_mask", clip_max 3.0, no clip_min; OPSM off); GMPOConfig (trl/experimental/gmpo/
+    gmpo_config.py) redefines epsilon as a log-space bound, 0.4, and leaves epsilon_high None (falls back to
+    epsilon, grpo_trainer.py:946)."""
+    d = defaults(trl.GRPOConfig)
+    expected = {
+        "vllm_importance_sampling_correction": True,
+        "vllm_importance_sampling_mode": "sequence_mask",
+        "vllm_importance_sampling_clip_max": 3.0,
+        "vllm_importance_sampling_clip_min": None,
+        "off_policy_mask_threshold": None,
+        "importance_sampling_level": "token",
+    }
+    assert {k: d[k] for k in expected} == expected
+    with warnings.catch_warnings():  # importing trl.experimental warns
+        warnings.simplefilter("ignore")
+        from trl.experimental.gmpo import GMPOConfig
+    g = defaults(GMPOConfig)
+    assert g["epsilon"] == 0.4 and g["epsilon_high"] is None
+
+
+ROLLOUT_CORRECTION = {"rollout_is": None, "rollout_is_threshold": 2.0, "bypass_mode": False, "rollout_rs": None}
+
+
+def test_verl_rollout_correction_defaults_of_the_chapter_10_box(verl):
+    """algorithm.rollout_correction in the composed config (algorithm/rollout_correction.yaml, composed into
+    ppo_trainer.yaml:40; _generated_ppo_trainer.yaml:850-857): no IS weights (rollout_is null), threshold 2.0,
+    no bypass, no rejection. The dataclass RolloutCorrectionConfig (trainer/config/algorithm.py:179-184) says
+    rollout_is "sequence": not what a run from the YAML gets."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+
+    gen = verl_yaml(verl, "_generated_ppo_trainer.yaml")["algorithm"]["rollout_correction"]
+    assert {k: gen[k] for k in ROLLOUT_CORRECTION} == ROLLOUT_CORRECTION
+    assert verl_yaml(verl, "algorithm/rollout_correction.yaml")["rollout_is"] is None
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose("ppo_trainer")
+    rc = cfg.algorithm.rollout_correction
+    assert {k: rc[k] for k in ROLLOUT_CORRECTION} == ROLLOUT_CORRECTION
+    dc = defaults(RolloutCorrectionConfig)
+    assert dc["rollout_is"] == "sequence"
+    assert (dc["rollout_is_threshold"], dc["bypass_mode"], dc["rollout_rs"]) == (2.0, False, None)
+
+
+def test_verl_sequence_ratio_losses_of_the_chapter_10_box(verl):
+    """verl's policy-loss registry has GSPO(-token) and GMPO: loss_mode "gspo" and "geo_mean"
+    (core_algos.py:1545, 1928)."""
+    from verl.trainer.ppo import core_algos
+
+    assert {"gspo", "geo_mean"} <= set(core_algos.POLICY_LOSS_REGISTRY)
+    assert core_algos.get_policy_loss_fn("gspo") is core_algos.compute_policy_loss_gspo
+    assert core_algos.get_policy_loss_fn("geo_mean") is core_algos.compute_policy_loss_geo_mean

@@ -10,6 +10,16 @@ loss and its gradient with respect to the log-probs must agree in float64 to a r
 whitening of RLHF-PPO differs by design at 1e-8 relative: verl multiplies by (var + 1e-8)^-1/2, the
 package divides by the standard deviation; GRPO's paths agree to round-off).
 
+A method with a sampler/trainer correction (``"correction" in method.extra``: ``rollout_correction``'s TIS and
+IcePop) gets the sampler's log-probs as ``batch.rollout_log_probs``; on verl's side the composed config's
+``algorithm.rollout_correction`` (``rollout_is``, ``rollout_is_threshold``, ``rollout_is_batch_normalize``) goes to
+verl's own ``rollout_corr_helper.compute_rollout_correction_weights`` (``rollout_corr_helper.py:522-657``) with
+log ratio old - rollout and the response mask, and the weights enter the actor's TensorDict as
+``"rollout_is_weights"``, which ``losses.ppo_loss`` hands to the policy loss (``losses.py:87-111``; applied as
+``pg_losses * rollout_is_weights``, ``core_algos.py:1364-1365``). They are also compared with the package's
+``rollout_correction_weights``, and the cap or window is asserted to bind on some tokens and not on others;
+``test_a_wrong_rollout_correction_setting_fails_in_verl`` shows that a changed setting fails the comparison.
+
 ``verl.trainer.ppo.ray_trainer`` (where ``compute_advantage`` and ``apply_kl_penalty`` live) imports
 verl's inference-server stack (uvicorn, cachetools, ...), which is outside verl's declared dependencies,
 so the two helpers are mirrored here line for line (ray_trainer.py:78-118 and 214-260 in verl 0.9.1):
@@ -32,13 +42,18 @@ from _frameworks import require
 
 import policygrad as pg
 from policygrad.methods import METHODS, Recipe, grpo, to_verl
+from policygrad.methods.off_policy import (
+    _grpo_no_kl,
+    rollout_correction,
+    rollout_correction_weights,
+)
 from policygrad.rollout import RolloutBatch
 
 verl = require("verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402  (after the framework check)
 from tensordict import TensorDict  # noqa: E402
-from verl.trainer.ppo import core_algos  # noqa: E402
+from verl.trainer.ppo import core_algos, rollout_corr_helper  # noqa: E402
 from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
 from verl.workers.utils import losses  # noqa: E402
 
@@ -57,7 +72,9 @@ def _compose(method):
 
 
 def _batch(group_size: int, *, seed: int = 0):
-    """Several groups, unequal lengths (no empty row), garbage on padding, ratios in (e^-0.6, e^0.6)."""
+    """Several groups, unequal lengths (no empty row), garbage on padding, ratios in (e^-0.6, e^0.6); the
+    sampler's log-probs, with log(pi_old / pi_rollout) = bias_i + N(0, 0.8^2) per token (a per-row bias in
+    (-0.3, 0.3)), drawn from a generator of their own so that the other tensors are those of before."""
     g = torch.Generator().manual_seed(seed)
     G, n_groups, P, T = group_size, 3, 3, 6
     B = G * n_groups
@@ -80,6 +97,9 @@ def _batch(group_size: int, *, seed: int = 0):
     # token entropies of the current policy (with gradient in both losses), for an entropy bonus
     entropy = 2 * torch.rand(B, T, generator=g, dtype=F64) * mask
     junk = 1e3 * (1 - mask)
+    g_rollout = torch.Generator().manual_seed(1000 + seed)
+    bias = 0.3 * (2 * torch.rand(B, 1, generator=g_rollout, dtype=F64) - 1)
+    rollout = (old - bias - 0.8 * torch.randn(B, T, generator=g_rollout, dtype=F64)).clamp(max=-1e-3)
     return {
         "B": B,
         "T": T,
@@ -95,6 +115,7 @@ def _batch(group_size: int, *, seed: int = 0):
         "greedy": greedy,
         "spsq": spsq + junk,
         "entropy": entropy + junk,
+        "rollout": rollout * mask - junk,  # other garbage than old's: the log ratio on padding is 2e3
     }
 
 
@@ -113,6 +134,7 @@ def _policygrad(method, d):
         values=d["values"] if method.needs_critic else None,
         greedy_rewards=d["greedy"] if method.greedy_baseline else None,
         sum_pi_squared=d["spsq"] if method.needs_sum_pi_squared else None,
+        rollout_log_probs=d["rollout"] if "correction" in method.extra else None,
     )
     logp = d["logp"].clone().requires_grad_(True)
     ent = d["entropy"].clone().requires_grad_(True)
@@ -173,9 +195,30 @@ def _verl_advantages(cfg, d, token_rewards):
     return fn(token_level_rewards=token_rewards, response_mask=mask, config=algo, index=uid, **kwargs)
 
 
-def _verl_actor_loss(cfg, d, advantages):
+def _verl_rollout_is_weights(cfg, d):
+    """verl's rollout IS weights from the composed ``algorithm.rollout_correction``, or None when
+    ``rollout_is`` is null (no weights in the batch: ``compute_rollout_correction_and_add_to_batch``,
+    rollout_corr_helper.py:1042-1067). Log ratio old - rollout on verl's padded tensors (0 on padding), as
+    ``compute_rollout_correction_and_rejection_mask`` forms it (rollout_corr_helper.py:849)."""
+    rc = cfg.algorithm.rollout_correction
+    if rc.rollout_is is None:
+        return None
+    assert rc.rollout_rs is None and not rc.bypass_mode  # no rejection, the decoupled (three-policy) mode
+    mask = d["mask"]
+    weights, _ = rollout_corr_helper.compute_rollout_correction_weights(
+        log_ratio=d["old"] * mask - d["rollout"] * mask,
+        response_mask=mask,
+        rollout_is=rc.rollout_is,
+        rollout_is_threshold=rc.rollout_is_threshold,
+        rollout_is_batch_normalize=rc.rollout_is_batch_normalize,
+    )
+    return weights
+
+
+def _verl_actor_loss(cfg, d, advantages, rollout_is_weights=None):
     """``losses.ppo_loss`` (the actor's loss) on verl's input layout: the log-probs of the whole
-    batch flattened without padding (prompt and response tokens), as the model returns them."""
+    batch flattened without padding (prompt and response tokens), as the model returns them; the
+    rollout IS weights, if any, under the key ``ppo_loss`` reads (losses.py:87-97)."""
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     B, T, P, mask = d["B"], d["T"], d["P"], d["mask"]
     logp = d["logp"].clone().requires_grad_(True)
@@ -206,6 +249,8 @@ def _verl_actor_loss(cfg, d, advantages):
         },
         batch_size=[B],
     )
+    if rollout_is_weights is not None:
+        td["rollout_is_weights"] = rollout_is_weights
     for key, value in (("dp_size", 1), ("batch_num_tokens", None), ("global_batch_size", None)):
         td.set_non_tensor(key, value)
     loss, _ = losses.ppo_loss(actor, output, td)
@@ -225,6 +270,16 @@ VARIANTS = {
     "grpo_k3plus_norm": grpo(
         name="grpo_k3plus_norm", kl_kind="k3+", eps=0.1, aggregation="seq-mean-token-sum-norm"
     ),
+    # rollout corrections beyond the registered grpo_tis / grpo_icepop
+    "grpo_tis_sequence": rollout_correction(_grpo_no_kl("grpo"), "tis", level="sequence", name="grpo_tis_sequence"),
+    "grpo_icepop_sequence": rollout_correction(
+        _grpo_no_kl("grpo"), "mis", level="sequence", lo=0.2, hi=5.0, name="grpo_icepop_sequence"
+    ),
+    "grpo_kl_tis": rollout_correction(grpo(name="grpo_kl"), "tis", cap=1.5),  # the KL loss is not weighted
+    "gspo_token_tis": rollout_correction(METHODS["gspo_token"], "tis", cap=1.5),
+    "gspo_icepop_sequence": rollout_correction(METHODS["gspo"], "mis", level="sequence", lo=0.2, hi=5.0),
+    "dapo_tis": rollout_correction(METHODS["dapo"], "tis"),
+    "cispo_icepop": rollout_correction(METHODS["cispo"], "mis", lo=0.6, hi=1.8),
 }
 
 
@@ -238,11 +293,52 @@ def test_to_verl_settings_reproduce_the_method_in_verl(name):
     adv, returns = _verl_advantages(cfg, d, _verl_rewards(cfg, d, method))
     tol = {"rtol": 1e-6, "atol": 1e-9}
     torch.testing.assert_close(ours["adv"], adv * d["mask"], **tol)
-    loss, grad = _verl_actor_loss(cfg, d, adv)
+    weights = _verl_rollout_is_weights(cfg, d)
+    assert (weights is not None) == ("correction" in method.extra)
+    if weights is not None:
+        x = method.extra
+        opts = {k: x[k] for k in ("level", "cap", "floor", "lo", "hi", "delta")}
+        batch = ours["batch"]
+        w = rollout_correction_weights(d["logp"], batch, ours["adv"], kind=x["correction"], **opts)
+        torch.testing.assert_close(w, weights, rtol=1e-10, atol=1e-12)
+        real = d["mask"].bool()
+        lr = (d["old"] - d["rollout"]) * d["mask"]
+        raw = lr.exp() if x["level"] == "token" else lr.sum(-1, keepdim=True).exp().expand_as(lr)
+        changed = real & ~torch.isclose(weights, raw, rtol=1e-12, atol=0)
+        assert bool(changed.any()) and bool((real & ~changed).any())  # the cap / window binds, not everywhere
+    loss, grad = _verl_actor_loss(cfg, d, adv, weights)
     torch.testing.assert_close(ours["loss"], loss, **tol)
     torch.testing.assert_close(ours["grad"], grad, **tol)
     if method.needs_critic:
         torch.testing.assert_close(ours["returns"], returns * d["mask"], **tol)
+
+
+VERL_MUTATIONS = {
+    "tis cap 3": ("grpo_tis", {"rollout_is_threshold": 3.0}),
+    "tis at the sequence level": ("grpo_tis", {"rollout_is": "sequence"}),
+    "tis batch-normalised": ("grpo_tis", {"rollout_is_batch_normalize": True}),
+    "tis off (rollout_is null, the YAML default)": ("grpo_tis", {"rollout_is": None}),
+    "icepop window 0.6_1.8": ("grpo_icepop", {"rollout_is_threshold": "0.6_1.8"}),
+    "icepop as tis (threshold 5.0)": ("grpo_icepop", {"rollout_is_threshold": 5.0}),
+}
+
+
+@pytest.mark.parametrize("mutation", list(VERL_MUTATIONS))
+def test_a_wrong_rollout_correction_setting_fails_in_verl(mutation):
+    """The correction check can fail: one ``algorithm.rollout_correction`` setting changed in the composed
+    config moves verl's actor loss or gradient away from the method's by far more than the tolerance."""
+    name, changes = VERL_MUTATIONS[mutation]
+    method = METHODS[name]
+    cfg = _compose(method)
+    for key, value in changes.items():
+        cfg.algorithm.rollout_correction[key] = value
+    d = _batch(method.group_size)
+    ours = _policygrad(method, d)
+    adv, _ = _verl_advantages(cfg, d, _verl_rewards(cfg, d, method))
+    loss, grad = _verl_actor_loss(cfg, d, adv, _verl_rollout_is_weights(cfg, d))
+    dv = float((ours["loss"] - loss).abs()) / float(loss.abs())
+    dg = float((ours["grad"] - grad).abs().max()) / float(grad.abs().max())
+    assert max(dv, dg) > 1e-4
 
 
 def test_to_verl_critic_settings_reproduce_the_value_loss():

@@ -279,10 +279,27 @@ class EstimatorMoments:
     give, accumulated in float64. weights: `(M, K)` (one per sequence) or `(M, K, T)`,
     treated as constants. Used in chapter 3 ("Bias and variance"), as functions
     of λ.
+
+    `sampler`: another policy over the same completions (a behaviour policy μ, e.g. a
+    lower-precision or stale copy). The trajectories are then drawn as x ∼ ρ,
+    y ∼ μ(· | x) while the scores and ∇_θ J stay the policy's, so the moments are
+    those of an off-policy estimator whose weights include any importance weight;
+    `log_ratios` `(M, K, T)` holds log π_θ(y_t | s_t) − log μ(y_t | s_t) of every
+    pair (0 where masked) for forming them (chapter 10, "Off-policy training").
+    Without a sampler `log_ratios` is all 0.
     """
 
-    def __init__(self, problem: ExactProblem, policy: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        problem: ExactProblem,
+        policy: torch.nn.Module,
+        sampler: torch.nn.Module | None = None,
+    ) -> None:
         _check_problem(problem)
+        if sampler is not None and not isinstance(sampler, torch.nn.Module):
+            raise ValueError(
+                f"sampler must be a torch.nn.Module or None, got {type(sampler).__name__}"
+            )
         if not isinstance(policy, torch.nn.Module):
             raise ValueError(
                 f"policy must be a torch.nn.Module, got {type(policy).__name__}"
@@ -317,8 +334,16 @@ class EstimatorMoments:
         mask = problem.mask.to(device).expand(M, K, T).reshape(M, K, T, 1)
         self.scores = scores.reshape(M, K, T, d).double().cpu() * mask.double().cpu()
         self.gradient = grad.detach().double().cpu()
+        behaviour = policy if sampler is None else sampler
         with torch.no_grad():
-            probs = problem.probs(policy).detach().double().cpu()
+            probs = problem.probs(behaviour).detach().double().cpu()
+            m = problem.mask.double().cpu().expand(M, K, T)
+            if sampler is None:
+                self.log_ratios = torch.zeros(M, K, T, dtype=torch.float64)
+            else:
+                lp = problem.token_log_probs(policy).detach().double().cpu()
+                lq = problem.token_log_probs(sampler).detach().double().cpu()
+                self.log_ratios = torch.where(m > 0, lp - lq, 0.0)
         self.weights = problem.prompt_probs.double()[:, None] * probs  # (M, K)
 
     def _per_sample(self, weights: torch.Tensor) -> torch.Tensor:

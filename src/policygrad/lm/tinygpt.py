@@ -452,8 +452,9 @@ class TinyGPT(nn.Module):
 
         `log_probs` are log π_θ(y_t | x, y_<t) of the *policy*, i.e. at temperature 1
         and without top-k, whatever sampler drew the tokens: with `temperature != 1` or
-        `top_k` the sampler is not the policy (the sampler/trainer mismatch of later
-        chapters).
+        `top_k` the sampler is not the policy (a sampler/trainer mismatch, chapter
+        10), and `sampler_log_probs` holds the log-probabilities under the tempered,
+        truncated distribution the tokens were drawn from (None otherwise).
 
         `group_size=G` samples `G` completions per prompt (rows `i*G .. i*G+G-1` belong
         to prompt `i`); it is `prompts.repeat_interleave(G, 0)`. `use_cache=False`
@@ -495,20 +496,24 @@ class TinyGPT(nn.Module):
         out = self._draw(
             prompts, T, eos, pad, temperature, top_k, generator, use_cache, group_size
         )
-        prompts, tokens, mask, logp, truncated = (x.clone() for x in out)
+        prompts, tokens, mask, logp, truncated = (x.clone() for x in out[:5])
+        tempered = not (temperature == 1 and top_k is None)
         return Samples(
             prompts=prompts,
             completions=tokens,
             mask=mask,
             log_probs=logp,
             truncated=truncated,
+            sampler_log_probs=out[5].clone() if tempered else None,
         )
 
     @torch.inference_mode()
     def _draw(
         self, prompts, T, eos, pad, temperature, top_k, generator, use_cache, group_size
     ):
-        """The sampling loop of `sample` (arguments checked there): its five tensors."""
+        """The sampling loop of `sample` (arguments checked there): its five tensors and
+        the sampler's log-probs (the policy's when it samples at temperature 1 without
+        top-k)."""
         V = self.config.vocab_size
         unique, G = prompts, group_size
         if G > 1:
@@ -520,6 +525,7 @@ class TinyGPT(nn.Module):
         fill = eos if pad is None else pad
         tokens = torch.empty(B, T, dtype=torch.long, device=device)
         logp = torch.empty(B, T, dtype=self.wte.weight.dtype, device=device)
+        logq = logp  # the sampler's log-probs: the policy's unless tempered/truncated
         # has the row emitted eos yet?
         ended = torch.zeros(B, dtype=torch.bool, device=device)
         width = T  # positions drawn (the loop stops early once every row has ended)
@@ -543,13 +549,18 @@ class TinyGPT(nn.Module):
                     # (B, 1) k-th largest
                     kth = torch.topk(zs, top_k, dim=-1).values[:, -1:]
                     zs = zs.masked_fill(zs < kth, float("-inf"))
-                probs = torch.softmax(zs, dim=-1)
+                logq_all = torch.log_softmax(zs, dim=-1)
+                probs = logq_all.exp()
+                if t == 0:
+                    logq = torch.empty_like(logp)
             # (B, 1)
             tok = torch.multinomial(probs.to(gen_device), 1, generator=generator).to(
                 device
             )
             # log pi(y_t | x, y_<t), temperature 1
             logp[:, t : t + 1] = logp_all.gather(1, tok)
+            if logq is not logp:
+                logq[:, t : t + 1] = logq_all.gather(1, tok)
             tokens[:, t : t + 1] = tok
             # rows that have ended keep drawing; those draws are masked out below
             if eos is not None:
@@ -577,10 +588,11 @@ class TinyGPT(nn.Module):
             mask[:, :width] = keep.to(logp.dtype)
             tokens[:, :width] = drawn.masked_fill(~keep, fill)
             tokens[:, width:] = fill
-            logp[:, :width] = logp[:, :width].masked_fill(~keep, 0.0)
-            logp[:, width:] = 0.0
+            for lp in (logp, logq) if logq is not logp else (logp,):
+                lp[:, :width] = lp[:, :width].masked_fill(~keep, 0.0)
+                lp[:, width:] = 0.0
             truncated = ~ended
-        return prompts, tokens, mask, logp, truncated
+        return prompts, tokens, mask, logp, truncated, logq
 
     # -- validation --------------------------------------------------------------------
     def _check_tokens(self, x, name: str) -> torch.Tensor:

@@ -2,10 +2,9 @@
 
 Every method sits in one registry: `base` holds the `Method` type and the registry
 (`get_method`); each family has its own module (`reinforce`, `ppo`, `rlhf`,
-`group_relative` for GRPO, `variants` and `trajectory_variants` for the reward- and
-trajectory-side variants after GRPO); importing this package registers them in order.
-`recipes` and `frameworks` say how each runs in TRL and verl (`to_trl`, `to_verl`,
-`frameworks_table`).
+`group_relative` for GRPO, `variants` and `trajectory_variants` for the variants after
+GRPO, `off_policy` for sequence ratios and sampler corrections); importing this package
+registers them in order. `recipes` and `frameworks` say how each runs in TRL and verl.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from . import (
     group_relative,
     variants,
     trajectory_variants,
+    off_policy,
     frameworks,
 )
 
@@ -60,6 +60,7 @@ __all__ = [
     "group_relative",
     "variants",
     "trajectory_variants",
+    "off_policy",
     "recipes",
     "frameworks",
     "SIDES",
