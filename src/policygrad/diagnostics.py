@@ -623,7 +623,8 @@ def sampler_mismatch(
         or not sampler_dtype.is_floating_point
     ):
         raise ValueError(
-            f"sampler_dtype must be a floating torch.dtype or None, got {sampler_dtype!r}"
+            "sampler_dtype must be a floating torch.dtype or None, "
+            f"got {sampler_dtype!r}"
         )
     check_positive_int(prompts, "prompts")
     G = check_positive_int(group_size, "group_size")

@@ -332,9 +332,9 @@ class RolloutBatch:
         mask; `rollout_log_probs` are the sampler's log-probs
         (`samples.sampler_log_probs` when set, else `samples.log_probs`);
         `old_log_probs` default to the policy's, `samples.log_probs` (pass the
-        trainer's recomputed ones, as `policygrad.train.train` does); `values` are a critic's values of the sampled states; `greedy_rewards`,
-        `reward_components`, `sum_pi_squared` and `entropies` go to the fields of
-        those names
+        trainer's recomputed ones, as `policygrad.train.train` does); `values` are a
+        critic's values of the sampled states; `greedy_rewards`, `reward_components`,
+        `sum_pi_squared` and `entropies` go to the fields of those names
         (None: absent). Tensors that the batch keeps are detached.
         """
         if not isinstance(samples, Samples):

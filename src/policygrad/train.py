@@ -553,8 +553,9 @@ def train(
     `batch.rollout_log_probs` are then the log-probs of the tempered, truncated
     distribution the tokens were drawn from. `sampler_dtype` (e.g.
     `torch.bfloat16`) samples from a copy of the policy cast to that dtype, as an
-    inference engine in lower precision does; `stale_steps=k` samples from the weights of k steps ago (the first
-    k steps from the initial weights), as asynchronous RL does. Either way the trainer
+    inference engine in lower precision does; `stale_steps=k` samples from the
+    weights of k steps ago (the first k steps from the initial weights), as
+    asynchronous RL does. Either way the trainer
     recomputes `old_log_probs` with the current policy in its own dtype, the sampler's
     log-probs are `batch.rollout_log_probs`, and the `rollout_kl` and
     `rollout_log_ratio_std` columns measure the mismatch. The sampler draws from the

@@ -298,7 +298,8 @@ class EstimatorMoments:
         _check_problem(problem)
         if sampler is not None and not isinstance(sampler, torch.nn.Module):
             raise ValueError(
-                f"sampler must be a torch.nn.Module or None, got {type(sampler).__name__}"
+                "sampler must be a torch.nn.Module or None, "
+                f"got {type(sampler).__name__}"
             )
         if not isinstance(policy, torch.nn.Module):
             raise ValueError(

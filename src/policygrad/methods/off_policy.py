@@ -438,7 +438,7 @@ def gmpo(
             "for loss_mode=geo_mean clip_ratio_low/high are log-space bounds, not "
             "1 -/+ epsilon",
         ),
-        parity=(_SEQ + "test_gmpo_matches_verl",),
+        parity=(_SEQ + "test_gmpo_matches_verls_geo_mean",),
         other_loss=True,
     )
     return dataclasses.replace(

@@ -3,7 +3,7 @@
 Log-probabilities, entropies, the REINFORCE surrogate, importance ratios, PPO's clip and
 the later clips, aggregations, KL estimators and masks; chapter 9's filters (dynamic
 sampling, truncation, high-entropy tokens, Clip-Cov, KL-Cov, the entropy bonus);
-chapter 10's (planned) sequence-ratio losses (GSPO-token, GMPO) and sampler/trainer
+chapter 10's sequence-ratio losses (GSPO-token, GMPO) and sampler/trainer
 corrections (truncated and masked IS, off-policy and rejection masks). Depends only
 on `policygrad.rollout` and the low-level helpers. Loss = −surrogate, always.
 """

@@ -35,7 +35,7 @@ Framework facts are quoted from the installed verl 0.9.1
 (`trl/trainer/grpo_trainer.py`, "vLLM importance sampling" and OPSM). Both form
 log ρ = old − rollout and the sequence ratio as the *sum* of token log-ratios (the
 product of token ratios, not the geometric mean). Used in chapter 10 ("Off-policy
-training", planned).
+training: sequence ratios and corrections").
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def rollout_log_ratios(
     `verl_F.masked_sum` (line 580); TRL: `(old_per_token_logps -
     sampling_per_token_logps) * mask`, `.sum(dim=-1, keepdim=True)` for the sequence
     modes (`trl/trainer/grpo_trainer.py:2662-2669`). Neither uses the mean (GSPO's
-    geometric ratio) here. Used in chapter 10 (planned).
+    geometric ratio) here. Used in chapter 10.
     """
     m, lr = _prepare(old_logp, rollout_logp, mask)
     level = _check_level(level)
@@ -235,8 +235,7 @@ def truncated_is_weights(
     weights are `(B, T)` and 0 on padding; a NaN sampler log-prob is a difference of
     0 (ratio 1) in TRL (`nan_to_num`, line 2665), a ValueError here; TRL requires
     clip_min < clip_max (`grpo_config.py:1152-1160`), here floor ≤ cap; both require
-    at least one bound (TRL at `grpo_config.py:1162-1171`). Used in chapter 10
-    (planned).
+    at least one bound (TRL at `grpo_config.py:1162-1171`). Used in chapter 10.
     """
     level = _check_level(level)
     lo, hi = _check_bounds(floor, cap, "floor", "cap", "truncated IS")
@@ -279,7 +278,7 @@ def masked_is_weights(
     not clamp the log-ratio, so with `hi=None` a kept ratio above e^20 is e^20 here
     and e^Σ (possibly inf) there, and with `lo` below e^−20 (or None) a ratio below
     e^−20 is e^−20 here; padding and NaN handling as in `truncated_is_weights`. Used in
-    chapter 10 (planned).
+    chapter 10.
     """
     level = _check_level(level)
     lo_, hi_ = _check_bounds(lo, hi, "lo", "hi", "masked IS")
@@ -338,7 +337,7 @@ def off_policy_sequence_mask(
     along rows. TRL replaces a NaN KL term (a token vLLM could not score) by 0 (line
     2961); here a NaN on a trained token is a ValueError. verl 0.9.1 has no OPSM.
     Paper: DeepSeek-AI, "DeepSeek-V3.2" (2025), arXiv:2512.02556, Eq. 9. Used in
-    chapter 10 (planned).
+    chapter 10.
     """
     d = _number(delta, "delta", 0.0)
     m = check_per_token(logp, mask, "logp")
@@ -450,7 +449,7 @@ def rejection_mask(
     here); `seq_mean` divides by n, verl by n + 1e-8 (`verl_F.masked_mean`,
     `verl/utils/torch_functional.py:308`); verl returns the mask in the dtype of
     `response_mask`, here bool. TRL 1.16 has no rejection sampling of this kind (its
-    masked IS is `masked_is_weights`). Used in chapter 10 (planned).
+    masked IS is `masked_is_weights`). Used in chapter 10.
     """
     lower, upper = _check_threshold(statistic, threshold)
     m, lr = _prepare(old_logp, rollout_logp, mask)

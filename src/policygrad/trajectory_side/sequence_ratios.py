@@ -15,7 +15,7 @@ forms the frameworks run:
 Conventions as in `policygrad.trajectory_side.clips`: `logp (B, T)` with gradient,
 `old_logp` and `advantages` (`(B, T)` or `(B,)`) constants, a 0/1 `mask`; padded
 positions are selected away before any arithmetic; log-ratios are clamped to ±20
-before any exponential. Chapter 10 ("Sequence-level ratios", planned) derives them.
+before any exponential. Chapter 10 ("Token ratios and sequence ratios") derives them.
 """
 
 from __future__ import annotations
