@@ -21,6 +21,7 @@ __all__ = [
     "check_positive_int",
     "check_float",
     "check_device",
+    "check_float_dtype",
 ]
 
 
@@ -193,4 +194,17 @@ def check_positive_int(value, name: str) -> int:
     """Raise ValueError unless `value` is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_float_dtype(value, name: str) -> torch.dtype | None:
+    """`value` if it is a floating `torch.dtype` (e.g. `torch.bfloat16`) or None;
+    else ValueError."""
+    if value is not None and (
+        not isinstance(value, torch.dtype) or not value.is_floating_point
+    ):
+        raise ValueError(
+            f"{name} must be a floating torch.dtype (e.g. torch.bfloat16) or None, "
+            f"got {value!r}"
+        )
     return value

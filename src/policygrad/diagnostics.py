@@ -11,7 +11,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._checks import check_finite, check_positive_int, check_tensor
+from ._checks import (
+    check_finite,
+    check_float_dtype,
+    check_positive_int,
+    check_tensor,
+)
 from ._tensor import flat_grad, flat_params
 from .exact.enumeration import ExactProblem
 from .rollout import RolloutBatch, Samples
@@ -618,14 +623,7 @@ def sampler_mismatch(
         raise ValueError(
             f"sampler must be a torch.nn.Module or None, got {type(sampler).__name__}"
         )
-    if sampler_dtype is not None and (
-        not isinstance(sampler_dtype, torch.dtype)
-        or not sampler_dtype.is_floating_point
-    ):
-        raise ValueError(
-            "sampler_dtype must be a floating torch.dtype or None, "
-            f"got {sampler_dtype!r}"
-        )
+    check_float_dtype(sampler_dtype, "sampler_dtype")
     check_positive_int(prompts, "prompts")
     G = check_positive_int(group_size, "group_size")
     if isinstance(seed, bool) or not isinstance(seed, int):

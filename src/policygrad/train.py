@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from ._checks import check_positive_int
+from ._checks import check_float_dtype, check_positive_int
 from ._tensor import select
 from .exact.enumeration import ExactProblem
 from .lm.tasks import Problem, Task, evaluate
@@ -644,14 +644,7 @@ def train(
         raise ValueError(
             f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}"
         )
-    if sampler_dtype is not None and (
-        not isinstance(sampler_dtype, torch.dtype)
-        or not sampler_dtype.is_floating_point
-    ):
-        raise ValueError(
-            "sampler_dtype must be a floating torch.dtype (e.g. torch.bfloat16) or "
-            f"None, got {sampler_dtype!r}"
-        )
+    check_float_dtype(sampler_dtype, "sampler_dtype")
     if (
         isinstance(stale_steps, bool)
         or not isinstance(stale_steps, int)
